@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, vectorize
-from scipy.special import ndtri
+from scipy.special import erfinv, ndtri
 
 FAMILIES = ("crelu", "cst")
 """Family names, in the order of their integer kernel codes."""
@@ -94,6 +94,8 @@ class Activation:
             CReLU: s = Phi(tau / sqrt(q*))          ->  tau = sqrt(q*) Phi^{-1}(s),        s in [1/2, 1)
             CST:   s = 2 Phi(tau / sqrt(q*)) - 1    ->  tau = sqrt(q*) Phi^{-1}((1+s)/2),  s in [0, 1)
 
+        (the CST inverse is computed as sqrt(2 q*) erfinv(s), exact also for s near 0).
+
         Clipping does not change the zero set, so ``m`` plays no part.
         """
         if family not in FAMILIES:
@@ -108,8 +110,8 @@ class Activation:
             lambda s: (s >= low) & (s < 1),
             f"must be in [{low}, 1) for {family}",
         )
-        p = s if family == "crelu" else (1.0 + np.asarray(s)) / 2.0
-        tau = np.maximum(ndtri(p), 0.0) * np.sqrt(q_star)
+        a = ndtri(s) if family == "crelu" else math.sqrt(2.0) * erfinv(s)
+        tau = np.maximum(a, 0.0) * np.sqrt(q_star)
         return cls(family, tau, m)
 
     @property

@@ -1,0 +1,358 @@
+"""The GP theory: closed forms against independent quadrature and Monte Carlo, and its claims."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import multivariate_normal
+
+from simulate import gp
+from simulate.activations import Activation
+
+families = st.sampled_from(["crelu", "cst"])
+thresholds = st.floats(0.0, 3.0)  # a = tau / sqrt(q) <= 3: sparsity up to 0.9987 (CReLU)
+clips = st.one_of(st.just(math.inf), st.floats(0.05, 6.0))
+variances = st.floats(0.05, 20.0)
+
+
+def quad(f, act, q):
+    return gp.gaussian_expectation(f, q, act.kinks)
+
+
+@settings(max_examples=60, deadline=None)
+@given(family=families, a=thresholds, m=clips, q=variances, sw2=st.floats(0.5, 10.0))
+def test_closed_forms_match_quadrature(family, a, m, q, sw2):
+    """V, chi_1, E[phi^4] and the sparsity against adaptive quadrature, 1e-12 relative."""
+    act = Activation(family, a * math.sqrt(q), m)
+    check = dict(rtol=1e-12, atol=1e-300)
+    phi2 = quad(lambda x: act(x) ** 2, act, q)
+    np.testing.assert_allclose(gp.variance_map(act, q, sw2, 0.3), sw2 * phi2 + 0.3, **check)
+    np.testing.assert_allclose(gp.chi1(act, q, sw2), sw2 * quad(act.derivative, act, q), **check)
+    np.testing.assert_allclose(
+        gp.activation_moment(act, q, 4), quad(lambda x: act(x) ** 4, act, q), **check
+    )
+    np.testing.assert_allclose(
+        gp.sparsity(act, q), quad(lambda x: float(act(x) == 0.0), act, q), **check
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(family=families, a=thresholds, m=clips, q=variances)
+def test_slope_and_curvature_by_differentiating_the_gaussian(family, a, m, q):
+    """Independent of phi' and phi'': d/dq E[f(x)] = E[f(x) (x^2 - q)] / (2 q^2) and
+    d^2/dq^2 E[f(x)] = E[f(x) (x^4 - 6 q x^2 + 3 q^2)] / (4 q^4), x ~ N(0, q), with f = phi^2."""
+    act = Activation(family, a * math.sqrt(q), m)
+    sw2 = 2.0
+    slope = sw2 * quad(lambda x: act(x) ** 2 * (x * x - q), act, q) / (2 * q * q)
+    curv = (
+        sw2 * quad(lambda x: act(x) ** 2 * (x**4 - 6 * q * x * x + 3 * q * q), act, q) / (4 * q**4)
+    )
+    scale = gp.variance_map(act, q, sw2, 0.0) / q  # the natural size of V' (and q V'')
+    assert abs(gp.variance_slope(act, q, sw2) - slope) <= 1e-9 * scale
+    assert abs(gp.variance_curvature(act, q, sw2) - curv) * q <= 1e-8 * scale
+
+
+def test_slope_is_chi1_plus_clip_kink_term():
+    """V' = chi_1 + sigma_w^2 E[phi phi''], the delta at x = tau + m weighing phi = m."""
+    act, q, sw2 = Activation("crelu", 0.4, 1.1), 1.7, 3.0
+    kink = sw2 * act.m * math.exp(-((act.tau + act.m) ** 2) / (2 * q)) / math.sqrt(2 * math.pi * q)
+    np.testing.assert_allclose(
+        gp.variance_slope(act, q, sw2), gp.chi1(act, q, sw2) - kink, rtol=1e-13
+    )
+    unclipped = Activation("cst", 0.4)
+    np.testing.assert_array_equal(
+        gp.variance_slope(unclipped, [0.5, 1, 4], sw2), gp.chi1(unclipped, [0.5, 1, 4], sw2)
+    )
+
+
+SPARSITIES = np.array([0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95])
+CLIPS = np.array([0.2, 0.5, 1.0, 2.0, 3.0, 8.0, math.inf])
+
+
+@pytest.mark.parametrize("family", ["crelu", "cst"])
+@pytest.mark.parametrize("q_star", [0.3, 1.0, 4.0])
+def test_edge_of_chaos_equations(family, q_star):
+    act = Activation.from_sparsity(family, SPARSITIES[:, None], q_star, CLIPS[None, :])
+    eoc = gp.edge_of_chaos(act, q_star)
+    np.testing.assert_allclose(gp.chi1(act, q_star, eoc.sigma_w2), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(
+        gp.variance_map(act, q_star, eoc.sigma_w2, eoc.sigma_b2), q_star, rtol=1e-12
+    )
+    assert np.all(eoc.sigma_b2 >= 0)
+    np.testing.assert_allclose(gp.sparsity(act, q_star), SPARSITIES[:, None], rtol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["crelu", "cst"])
+def test_unclipped_is_marginal_and_convex_at_eoc(family):
+    """ReLU_tau / ST_tau on the EoC: V'(q*) = 1, V'' > 0 everywhere, V(q) > q for q != q*.
+    (Checked on q in [0.05, 1000]: below, V'' ~ n(tau / sqrt(q)) underflows to 0.)"""
+    q = np.geomspace(0.05, 1e3, 301)
+    for s in SPARSITIES[SPARSITIES > 0.5]:
+        act = Activation.from_sparsity(family, s, 1.0)
+        eoc = gp.edge_of_chaos(act, 1.0)
+        assert abs(gp.variance_slope(act, 1.0, eoc.sigma_w2) - 1.0) < 1e-12
+        assert np.all(gp.variance_curvature(act, q, eoc.sigma_w2) > 0)
+        away = np.abs(q - 1.0) > 1e-2
+        assert np.all(gp.variance_map(act, q, eoc.sigma_w2, eoc.sigma_b2)[away] > q[away])
+
+
+@pytest.mark.parametrize("family", ["crelu", "cst"])
+def test_clipped_slope_below_one_and_matches_science_formula(family):
+    """V'(q*) = 1 - (b - a) n(b) / (Phi(b) - Phi(a)) < 1 for s >= 1/2 (SCIENCE.md section 4);
+    strictly below 1 in floating point where (b - a) n(b) is resolvable (m <= 3 here)."""
+    from scipy.stats import norm
+
+    act = Activation.from_sparsity(family, SPARSITIES[:, None], 1.0, CLIPS[None, :-1])
+    eoc = gp.edge_of_chaos(act, 1.0)
+    slope = gp.variance_slope(act, 1.0, eoc.sigma_w2)
+    a, b = act.tau, act.tau + act.m
+    expected = 1 - (b - a) * norm.pdf(b) / (norm.cdf(b) - norm.cdf(a))
+    np.testing.assert_allclose(slope, expected, rtol=1e-12)
+    assert np.all(slope[:, CLIPS[:-1] <= 3] < 1)
+
+
+def test_scale_invariance():
+    """Everything depends on tau / sqrt(q*) and m / sqrt(q*) only."""
+    a1 = Activation.from_sparsity("crelu", 0.8, 1.0, 1.5)
+    a4 = Activation.from_sparsity("crelu", 0.8, 4.0, 3.0)
+    e1, e4 = gp.edge_of_chaos(a1, 1.0), gp.edge_of_chaos(a4, 4.0)
+    np.testing.assert_allclose(e1.sigma_w2, e4.sigma_w2, rtol=1e-13)
+    np.testing.assert_allclose(
+        gp.variance_slope(a1, 1.0, e1.sigma_w2), gp.variance_slope(a4, 4.0, e4.sigma_w2), rtol=1e-13
+    )
+    np.testing.assert_allclose(
+        gp.max_stable_clip("crelu", 0.8, 4.0), 2 * gp.max_stable_clip("crelu", 0.8, 1.0), rtol=1e-7
+    )
+
+
+def eoc_net(family, s, m, q_star=1.0):
+    act = Activation.from_sparsity(family, s, q_star, m)
+    eoc = gp.edge_of_chaos(act, q_star)
+    return act, eoc.sigma_w2, eoc.sigma_b2
+
+
+def test_fixed_points_kinds():
+    act, sw2, sb2 = eoc_net("crelu", 0.85, math.inf)
+    (only,) = gp.fixed_points(act, sw2, sb2)
+    assert only.kind == "marginal" and abs(only.q - 1) < 1e-6
+
+    act, sw2, sb2 = eoc_net("crelu", 0.85, 1.0)
+    (only,) = gp.fixed_points(act, sw2, sb2)
+    assert only.kind == "stable" and abs(only.q - 1) < 1e-9
+
+    act, sw2, sb2 = eoc_net("crelu", 0.85, 3.0)
+    points = gp.fixed_points(act, sw2, sb2)
+    assert [p.kind for p in points] == ["stable", "unstable", "stable"]
+    assert abs(points[0].q - 1) < 1e-9 and points[2].q <= sw2 * 9.0 + sb2
+    for p in points:
+        np.testing.assert_allclose(gp.variance_map(act, p.q, sw2, sb2), p.q, rtol=1e-10)
+        np.testing.assert_allclose(gp.variance_slope(act, p.q, sw2), p.slope, rtol=1e-12)
+
+
+def test_fixed_points_off_eoc_ordered_and_line_of_fixed_points():
+    relu = Activation("crelu", 0.0)
+    (p,) = gp.fixed_points(relu, 1.5, 0.1)  # V(q) = 0.75 q + 0.1 -> q = 0.4, slope 0.75
+    assert p.kind == "stable" and abs(p.q - 0.4) < 1e-12 and abs(p.slope - 0.75) < 1e-12
+    with pytest.raises(ValueError, match="every q is a fixed point"):
+        gp.fixed_points(relu, 2.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("family", "sparsity", "approx"),
+    [("crelu", 0.6, 3.2), ("crelu", 0.7, 2.7), ("crelu", 0.8, 2.1), ("crelu", 0.85, 1.8),
+     ("crelu", 0.9, 1.5)],
+)  # fmt: skip
+def test_max_stable_clip_against_fixed_point_count(family, sparsity, approx):
+    """1 fixed point just below m_c, 3 just above (to 1e-6), and SCIENCE.md's rounded values."""
+    m_c = gp.max_stable_clip(family, sparsity, 1.0)
+    assert abs(m_c - approx) < 0.1
+    for dm, count in [(-2e-6, 1), (2e-6, 3)]:
+        assert len(gp.fixed_points(*eoc_net(family, sparsity, m_c + dm))) == count
+
+
+def test_max_stable_clip_matches_brute_force_scan():
+    """Scan m on a 0.01 grid, counting fixed points: the first m with extra ones brackets m_c."""
+    m_grid = np.arange(1.50, 2.60, 0.01)
+    counts = [len(gp.fixed_points(*eoc_net("cst", 0.7, m))) for m in m_grid]
+    first = m_grid[np.argmax(np.array(counts) > 1)]
+    assert first - 0.01 < gp.max_stable_clip("cst", 0.7, 1.0) <= first
+    # CST at sparsity s behaves like CReLU at (1 + s) / 2 (SCIENCE.md section 4)
+    np.testing.assert_allclose(
+        gp.max_stable_clip("cst", 0.7), gp.max_stable_clip("crelu", 0.85), rtol=1e-7
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# correlation map
+
+CORR_CASES = [("crelu", 0.85, 1.0, 1.0), ("crelu", 0.7, math.inf, 2.0), ("cst", 0.6, 1.5, 0.5)]
+RHOS = [-0.9, -0.3, 0.0, 0.4, 0.9, 0.999, 0.99999]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "s", "m", "q_star"), CORR_CASES)
+def test_correlation_map_against_nested_quadrature(family, s, m, q_star):
+    """R and R' against nested adaptive quadrature (an independent path), to 1e-9 absolute,
+    including rho close to 1 where the inner expectation is nearly kinked."""
+    act, sw2, sb2 = eoc_net(family, s, m, q_star)
+    for rho in (-0.9, 0.0, 0.6, 0.999, 0.99999):
+        cross = gp.gaussian_pair_expectation(act, act, q_star, rho, act.kinks)
+        d_cross = gp.gaussian_pair_expectation(
+            act.derivative, act.derivative, q_star, rho, act.kinks
+        )
+        assert (
+            abs(gp.correlation_map(act, rho, q_star, sw2, sb2) - (sw2 * cross + sb2) / q_star)
+            < 1e-9
+        )
+        assert abs(gp.correlation_slope(act, rho, q_star, sw2) - sw2 * d_cross) < 1e-9
+
+
+def test_relu_arc_cosine_kernel():
+    """ReLU: E[relu(u1) relu(u2)] = q (sin t + (pi - t) cos t) / (2 pi), E[1 1] = (pi - t) / (2 pi)."""
+    relu = Activation("crelu", 0.0)
+    for rho in RHOS:
+        t = math.acos(rho)
+        expected = 2.0 * (math.sin(t) + (math.pi - t) * math.cos(t)) / (2 * math.pi)
+        assert abs(gp.correlation_map(relu, rho, 1.0, 2.0, 0.0) - expected) < 1e-12
+        assert (
+            abs(gp.correlation_slope(relu, rho, 1.0, 2.0) - 2 * (math.pi - t) / (2 * math.pi))
+            < 1e-12
+        )
+
+
+@pytest.mark.parametrize(("family", "s", "m", "q_star"), CORR_CASES)
+def test_correlation_slope_is_bivariate_rectangle_probability(family, s, m, q_star):
+    act, sw2, _ = eoc_net(family, s, m, q_star)
+    rho = 0.6
+    a, b = act.tau / math.sqrt(q_star), (act.tau + act.m) / math.sqrt(q_star)
+    mvn = multivariate_normal([0, 0], [[1, rho], [rho, 1]])
+    b = min(b, 40.0)
+
+    def box(lo1, hi1, lo2, hi2):
+        return mvn.cdf([hi1, hi2], lower_limit=[lo1, lo2])
+
+    prob = box(a, b, a, b)
+    if family == "cst":
+        prob += box(-b, -a, -b, -a) + box(a, b, -b, -a) + box(-b, -a, a, b)
+    assert abs(gp.correlation_slope(act, rho, q_star, sw2) - sw2 * prob) < 1e-6  # Genz's accuracy
+
+
+@pytest.mark.parametrize(("family", "s", "m", "q_star"), CORR_CASES)
+def test_correlation_map_against_monte_carlo(family, s, m, q_star):
+    """2-D Monte Carlo with 10^6 samples: R(rho) and R'(rho) within 5 standard errors."""
+    act, sw2, sb2 = eoc_net(family, s, m, q_star)
+    rng = np.random.default_rng(7)
+    z1, z2 = rng.standard_normal((2, 1_000_000))
+    for rho in (-0.5, 0.5):
+        u1 = math.sqrt(q_star) * z1
+        u2 = math.sqrt(q_star) * (rho * z1 + math.sqrt(1 - rho * rho) * z2)
+        for sample, theory in [
+            (
+                (sw2 * act(u1) * act(u2) + sb2) / q_star,
+                gp.correlation_map(act, rho, q_star, sw2, sb2),
+            ),
+            (
+                sw2 * act.derivative(u1) * act.derivative(u2),
+                gp.correlation_slope(act, rho, q_star, sw2),
+            ),
+        ]:
+            se = sample.std() / math.sqrt(sample.size)
+            assert abs(sample.mean() - theory) < 5 * se
+
+
+@pytest.mark.parametrize(("family", "s", "m", "q_star"), CORR_CASES)
+def test_correlation_map_at_one_on_the_eoc(family, s, m, q_star):
+    act, sw2, sb2 = eoc_net(family, s, m, q_star)
+    assert abs(gp.correlation_map(act, 1.0, q_star, sw2, sb2) - 1.0) < 1e-12
+    assert abs(gp.correlation_slope(act, 1.0, q_star, sw2) - 1.0) < 1e-12
+    # off the EoC, R'(1) = chi_1(q*) still
+    assert (
+        abs(gp.correlation_slope(act, 1.0, q_star, 1.3 * sw2) - gp.chi1(act, q_star, 1.3 * sw2))
+        < 1e-12
+    )
+    assert gp.correlation_fixed_point(act, q_star, sw2, sb2) == 1.0
+    assert gp.xi_c(act, q_star, sw2, sb2) == math.inf
+
+
+def test_chaotic_phase_correlation_fixed_point_and_depth_scales():
+    """Soft thresholding with a large sigma_w^2 is chaotic (chi_1 > 1): c* < 1 with R(c*) = c*."""
+    act = Activation("cst", 0.3, 1.0)  # clipped, so V is bounded and has a stable fixed point
+    sw2 = 3.0
+    (point,) = gp.fixed_points(act, sw2, 0.05)
+    assert point.kind == "stable"
+    q_star = point.q
+    assert gp.chi1(act, q_star, sw2) > 1
+    c_star = gp.correlation_fixed_point(act, q_star, sw2, 0.05)
+    assert c_star < 1 - 1e-3
+    assert abs(gp.correlation_map(act, c_star, q_star, sw2, 0.05) - c_star) < 1e-10
+    slope = gp.correlation_slope(act, c_star, q_star, sw2)
+    assert abs(gp.xi_c(act, q_star, sw2, 0.05) + 1 / math.log(slope)) < 1e-9
+
+
+def test_variance_depth_scale():
+    act, sw2, _ = eoc_net("crelu", 0.8, 1.0)
+    assert abs(gp.xi_q(act, 1.0, sw2) + 1 / math.log(gp.variance_slope(act, 1.0, sw2))) < 1e-12
+    act, sw2, _ = eoc_net("crelu", 0.8, math.inf)
+    assert gp.xi_q(act, 1.0, sw2) == math.inf
+
+
+# --------------------------------------------------------------------------------------------------
+# finite width
+
+
+def test_finite_width_stable_point_saturation():
+    """At a stable fixed point, V4 -> sigma_w^4 Var[phi^2] / (1 - V'(q*)^2) (SCIENCE.md section 5)."""
+    act, sw2, sb2 = eoc_net("crelu", 0.8, 1.0)
+    ds = gp.finite_width(act, sw2, sb2, 1.0, 300, 100)
+    np.testing.assert_allclose(ds.q_gp, 1.0, rtol=1e-12)
+    var_phi2 = quad(lambda x: act(x) ** 4, act, 1.0) - quad(lambda x: act(x) ** 2, act, 1.0) ** 2
+    slope = gp.variance_slope(act, 1.0, sw2)
+    np.testing.assert_allclose(ds.v4[-1], sw2**2 * var_phi2 / (1 - slope**2), rtol=1e-10)
+    np.testing.assert_allclose(ds.q_sd, np.sqrt((2 * ds.q_gp**2 + ds.v4) / 100), rtol=1e-14)
+
+
+def test_finite_width_relu_log_variance_law():
+    """ReLU (sigma_w^2 = 2, sigma_b = 0): V4^L = 5 L q^2, i.e. Var(log G^L) ~ 5 L / N."""
+    ds = gp.finite_width(Activation("crelu", 0.0), 2.0, 0.0, 1.0, 50, 1000)
+    np.testing.assert_allclose(ds.v4 / ds.q_gp**2, 5 * ds.layer, rtol=1e-12)
+    np.testing.assert_allclose(ds.g1, 0.0, atol=1e-15)
+
+
+def test_finite_width_unclipped_drift_grows_quadratically():
+    """ReLU_tau at EoC: V4 grows linearly and the mean shift G1 like l^2 (V' = 1, V'' > 0)."""
+    act, sw2, sb2 = eoc_net("crelu", 0.85, math.inf)
+    ds = gp.finite_width(act, sw2, sb2, 1.0, 100, 300)
+    v4, g1, layer = ds.v4.values, ds.g1.values, ds.layer.values
+    np.testing.assert_allclose(v4[1:] / layer[1:], v4[1], rtol=1e-9)
+    curv = gp.variance_curvature(act, 1.0, sw2)
+    np.testing.assert_allclose(g1, 0.5 * curv * v4[1] * layer * (layer - 1) / 2, rtol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------
+# errors
+
+
+def test_errors(monkeypatch):
+    act = Activation("crelu", 0.5, 1.0)
+    with pytest.raises(ValueError, match="p=3"):
+        gp.activation_moment(act, 1.0, 3)
+    with pytest.raises(ValueError, match=r"q_star=0\.0"):
+        gp.edge_of_chaos(act, 0.0)
+    with pytest.raises(ValueError, match="no unit passes gradient"):
+        gp.edge_of_chaos(Activation("crelu", 50.0), 1.0)
+    with pytest.raises(ValueError, match=r"rho=1\.5"):
+        gp.correlation_map(act, [0.5, 1.5], 1.0, 2.0, 0.0)
+    with pytest.raises(ValueError, match="scalar activation"):
+        gp.correlation_slope(Activation("crelu", np.array([0.1, 0.2])), 0.5, 1.0, 2.0)
+    with pytest.raises(ValueError, match="depth=-1"):
+        gp.finite_width(act, 2.0, 0.0, 1.0, -1, 10)
+    with pytest.raises(ValueError, match="width=0"):
+        gp.finite_width(act, 2.0, 0.0, 1.0, 5, 0)
+    with pytest.raises(ValueError, match=r"sparsity=0\.3"):
+        gp.max_stable_clip("crelu", 0.3, 1.0)
+    # the negative-bias guard cannot trigger for CReLU / CST (Mills' inequality); force it
+    monkeypatch.setattr(gp, "activation_moment", lambda act, q, p=2: 2.0 * q)
+    with pytest.raises(ValueError, match=r"sigma_b2=.*negative bias variance"):
+        gp.edge_of_chaos(act, 1.0)
