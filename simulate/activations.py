@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, vectorize
+from numba import njit
 from scipy.special import erfinv, ndtri
 
 FAMILIES = ("crelu", "cst")
@@ -133,12 +133,12 @@ class Activation:
         return tuple(sorted({-k for k in right} | set(right)))
 
     def __call__(self, x):
-        """phi(x), vectorised over numpy arrays."""
-        return _phi_vec(np.asarray(x, dtype=float), self.code, self.tau, self.m)
+        """phi(x), elementwise over numpy arrays (scalar member)."""
+        return _elementwise(x, self, derivative=False)
 
     def derivative(self, x):
-        """phi'(x), vectorised over numpy arrays (0 at the kinks themselves)."""
-        return _dphi_vec(np.asarray(x, dtype=float), self.code, self.tau, self.m)
+        """phi'(x), elementwise over numpy arrays (scalar member; 0 at the kinks themselves)."""
+        return _elementwise(x, self, derivative=True)
 
     def label(self) -> str:
         """Human-readable name, e.g. ``CReLU(tau=1.04, m=1)`` or ``ST(tau=1.44)``."""
@@ -148,11 +148,16 @@ class Activation:
         return f"{name}({', '.join(params)})"
 
 
-@vectorize(["float64(float64, int64, float64, float64)"], cache=True)
-def _phi_vec(x, code, tau, m):
-    return phi(x, code, tau, m)
+@njit(cache=True)
+def _apply(x, code, tau, m, derivative):
+    """phi (or phi') of every entry of a 1-D float array."""
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = dphi(x[i], code, tau, m) if derivative else phi(x[i], code, tau, m)
+    return out
 
 
-@vectorize(["float64(float64, int64, float64, float64)"], cache=True)
-def _dphi_vec(x, code, tau, m):
-    return dphi(x, code, tau, m)
+def _elementwise(x, act: Activation, derivative: bool):
+    x = np.asarray(x, dtype=float)
+    flat = _apply(np.ascontiguousarray(x).ravel(), act.code, act.tau, act.m, derivative)
+    return flat.reshape(x.shape)

@@ -255,11 +255,15 @@ def fixed_points(
 
 
 def iterate_variance(act: Activation, q0, sigma_w2, sigma_b2, depth: int) -> np.ndarray:
-    """q^0 = q0, q^{l+1} = V(q^l) for l < depth; array with a leading axis of length depth + 1."""
+    """q^0 = q0, q^{l+1} = V(q^l) for l < depth; array with a leading axis of length depth + 1.
+
+    An iterate that overflows stays at +inf (the runaway of an unclipped map), without warnings.
+    """
     out = [np.asarray(q0, dtype=float)]
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for _ in range(depth):
-            out.append(variance_map(act, out[-1], sigma_w2, sigma_b2))
+            q = out[-1]
+            out.append(np.where(np.isfinite(q), variance_map(act, q, sigma_w2, sigma_b2), np.inf))
     return np.stack(np.broadcast_arrays(*out))
 
 

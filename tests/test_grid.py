@@ -1,0 +1,441 @@
+"""``python -m simulate.grid`` end to end on tiny grids: schema, values, determinism across n_jobs and
+backends, kill -9 and resume, refusals of bad input, TOML specs.
+
+Sweeps run as subprocesses through the command line. Each start costs a few seconds of imports
+(numba), so one reference sweep (module fixture) serves most tests; the refusals that need no work
+call ``main`` in-process, which is the code the command line runs, and one of them also runs as a
+subprocess to check the exit status and the single line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from simulate import engines, gp, grid, store
+from simulate.activations import Activation
+from simulate.spec import Spec, SpecError, cells, parse, resolve
+
+REPO = Path(__file__).resolve().parents[1]
+
+GRID = [
+    "--family", "crelu,cst", "--sparsity", "0.6,0.8", "--clip", "1,2,inf", "--q-star", "1,2",
+    "--width", "16,64", "--depth", "40", "--nets", "6", "--seed", "7",
+]  # fmt: skip
+"""48 cells of ~10 ms: fast to run, slow enough (one cell per task) to be killed half-way."""
+
+OFF_EOC = [
+    "--family", "crelu,cst", "--tau", "0.5,1", "--clip", "2,inf", "--sigma-w2", "1.5,3",
+    "--sigma-b2", "0,0.2", "--q0", "0.8", "--width", "16", "--depth", "12", "--nets", "4",
+    "--n-jobs", "1",
+]  # fmt: skip
+
+
+def sweep(*args, check=True, **popen) -> subprocess.CompletedProcess:
+    """``python -m simulate.grid ARGS``, from anywhere, with this checkout importable."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "simulate.grid", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **popen,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def load(path: Path) -> xr.Dataset:
+    """The store's data, without the attributes that say when and how fast it was made."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the store must open without warnings
+        ds = xr.open_zarr(path).load()
+    for key in ("wall_time_s", "created", "git_commit"):
+        ds.attrs.pop(key, None)
+    return ds
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """GRID, uninterrupted, on one worker."""
+    out = tmp_path_factory.mktemp("reference") / "ref.zarr"
+    sweep(*GRID, "--n-jobs", 1, "--out", out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The store
+
+
+def test_schema(reference):
+    ds = load(reference)
+    spec, _ = parse(GRID)
+    cell = ("family", "sparsity", "clip", "q_star", "width")
+    assert dict(ds.sizes) == {"family": 2, "sparsity": 2, "clip": 3, "q_star": 2, "width": 2,
+                              "net": 6, "layer": 41, "input": 2}  # fmt: skip
+    assert list(ds.family.values) == ["crelu", "cst"]
+    assert np.isinf(ds["clip"].values[-1])  # ds.clip is the method
+    expect = {
+        "q": ((*cell, "net", "layer", "input"), np.float32),
+        "corr": ((*cell, "net", "layer"), np.float32),
+        "zero_frac": ((*cell, "net", "layer", "input"), np.float32),
+        "log_gain": ((*cell, "net", "layer"), np.float32),
+        "escape_layer": ((*cell, "net"), np.int32),
+        "cell_done": (cell, np.bool_),
+        "tau": (cell[:-1], np.float64),
+        "sigma_w2": (cell[:-1], np.float64),
+        "sigma_b2": (cell[:-1], np.float64),
+        "q_gp": ((*cell[:-1], "layer"), np.float64),
+        "v_slope": (cell[:-1], np.float64),
+        "gp_sparsity": (cell[:-1], np.float64),
+    }
+    assert set(ds.data_vars) == set(expect)
+    for name, (dims, dtype) in expect.items():
+        assert ds[name].dims == dims, name
+        assert ds[name].dtype == dtype, name
+    for name in [*ds.data_vars, *ds.coords]:
+        assert ds[name].attrs["units"] and ds[name].attrs["long_name"], name
+    assert ds.cell_done.all()
+    assert (ds.escape_layer >= -1).all()
+    assert Spec.from_toml(ds.attrs["spec"]) == spec
+    assert ds.attrs["seed"] == 7 and ds.attrs["depth"] == 40 and ds.attrs["q0"] == "q_star"
+    assert ds.attrs["engine"] == "gram" and ds.attrs["c0"] == 0.5
+    for key in ("escape_factor", "package_version", "numpy_version", "numba_version",
+                "xarray_version"):  # fmt: skip
+        assert key in ds.attrs
+    attrs = xr.open_zarr(reference).attrs
+    assert attrs["wall_time_s"] > 0 and attrs["created"]
+
+
+def test_theory_columns(reference):
+    """tau, sigma's and the GP columns are those of simulate.gp at each parameter cell."""
+    ds = load(reference)
+    point = ds.isel(family=1, sparsity=1, clip=0, q_star=1)
+    act = Activation.from_sparsity("cst", 0.8, 2.0, 1.0)
+    eoc = gp.edge_of_chaos(act, 2.0)
+    assert float(point.tau) == act.tau
+    assert (float(point.sigma_w2), float(point.sigma_b2)) == (eoc.sigma_w2, eoc.sigma_b2)
+    q_gp = gp.iterate_variance(act, 2.0, eoc.sigma_w2, eoc.sigma_b2, 40)
+    np.testing.assert_allclose(point.q_gp, q_gp, rtol=1e-12)
+    np.testing.assert_allclose(point.v_slope, gp.variance_slope(act, 2.0, eoc.sigma_w2), rtol=1e-12)
+    np.testing.assert_allclose(point.gp_sparsity, 0.8, rtol=1e-12)
+
+
+def test_values_are_run_cell_with_the_cell_seed(reference):
+    """Each cell is engines.run_cell with child `flat position` of SeedSequence(seed)."""
+    ds = load(reference)
+    spec, _ = parse(GRID)
+    everything = list(cells(spec, resolve(spec)))
+    children = np.random.SeedSequence(7).spawn(len(everything))
+    for cell in (everything[0], everything[29], everything[-1]):
+        got = ds.isel(dict(zip(spec.cell_dims, cell.index, strict=True)))
+        want = engines.run_cell(
+            cell.activation, cell.sigma_w2, cell.sigma_b2, width=cell.width, depth=40, nets=6,
+            q0=cell.q_star, c0=0.5, q_star=cell.q_star, seed=children[cell.flat],
+        ).isel(pair=0)  # fmt: skip
+        for name, var in store.CELL_VARIABLES.items():
+            expected = want[name].transpose(*var.dims).values.astype(var.dtype)
+            np.testing.assert_array_equal(got[name].values, expected, err_msg=name)
+
+
+def test_cell_seed_is_the_spawned_child():
+    spec, _ = parse(GRID)
+    everything = list(cells(spec, resolve(spec)))
+    children = np.random.SeedSequence(7).spawn(len(everything))
+    for cell in everything[::7]:
+        np.testing.assert_array_equal(
+            grid.cell_seed(spec, cell).generate_state(4), children[cell.flat].generate_state(4)
+        )
+
+
+def test_off_eoc_sweep(tmp_path):
+    out = tmp_path / "off.zarr"
+    sweep(*OFF_EOC, "--out", out)
+    ds = load(out)
+    assert ds.q.dims == ("family", "tau", "clip", "sigma_w2", "sigma_b2", "width", "net",
+                         "layer", "input")  # fmt: skip
+    assert "q_star" not in ds.dims
+    assert not {"tau", "sigma_w2", "sigma_b2"} & set(ds.data_vars)
+    assert ds.cell_done.all() and ds.attrs["q0"] == 0.8 and ds.attrs["q_ref"] == "q0"
+    assert (ds.q.isel(layer=0) > 0).all()
+    point = ds.sel(family="crelu", tau=1.0, clip=2.0, sigma_w2=3.0, sigma_b2=0.2)
+    act = Activation("crelu", 1.0, 2.0)
+    np.testing.assert_allclose(point.q_gp, gp.iterate_variance(act, 0.8, 3.0, 0.2, 12))
+    np.testing.assert_allclose(point.v_slope, gp.variance_slope(act, 0.8, 3.0))
+    np.testing.assert_allclose(point.gp_sparsity, gp.sparsity(act, 0.8))
+
+
+# --------------------------------------------------------------------------------------------------
+# Determinism and resumption
+
+
+def test_threads_are_bit_identical(reference, tmp_path):
+    """(loky with two workers: see the resume test.)"""
+    sweep(*GRID, "--backend", "threading", "--n-jobs", 2, "--out", tmp_path / "thr.zarr")
+    xr.testing.assert_identical(load(tmp_path / "thr.zarr"), load(reference))
+
+
+@pytest.mark.slow
+def test_dask_cluster_is_bit_identical(reference, tmp_path):
+    """A dask.distributed LocalCluster on loopback, reached by address like a remote one."""
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:  # fmt: skip
+        run = sweep(*GRID, "--backend", "dask", "--scheduler", cluster.scheduler_address,
+                    "--out", tmp_path / "dask.zarr")  # fmt: skip
+    assert "dask workers" in run.stderr
+    xr.testing.assert_identical(load(tmp_path / "dask.zarr"), load(reference))
+
+
+def done_count(path: Path) -> int:
+    try:
+        return int(zarr.open_group(path, mode="r")["cell_done"][...].sum())
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+        return 0
+
+
+def interrupt(out: Path, sig: signal.Signals, after: int) -> int:
+    """Start GRID one cell per task, send ``sig`` to its process group once ``after`` cells are
+    done, and return its exit status."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulate.grid", *GRID, "--n-jobs", "1", "--max-batch", "1",
+         "--out", str(out)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the signal reaches any workers too
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while done_count(out) < after:
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, sig)
+    return proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_interrupt_and_kill_9_then_resume_equals_uninterrupted(reference, tmp_path):
+    """Ctrl-C, then kill -9 of the resumed run, then a resume on two workers: the same dataset as
+    one uninterrupted run on one worker. At each stop every cell marked done has its final values."""
+    out = tmp_path / "stopped.zarr"
+    ref = load(reference)
+    first = 0
+    for sig, status in ((signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)):
+        assert interrupt(out, sig, after=first + 3) == status
+        partial = load(out)
+        done = partial.cell_done.values
+        assert first < done.sum() < done.size
+        for name in store.CELL_VARIABLES:
+            np.testing.assert_array_equal(partial[name].values[done], ref[name].values[done])
+        first = done.sum()
+    run = sweep(*GRID, "--n-jobs", 2, "--out", out)
+    assert f"{done.size - first} of {done.size} cells to run" in run.stderr
+    xr.testing.assert_identical(load(out), ref)
+
+
+def test_finished_sweep_run_again_does_nothing(reference):
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
+    run = sweep(*GRID, "--out", reference)
+    assert "nothing to do: all 48 cells" in run.stdout
+    assert "python -m analysis.figures" in run.stdout
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
+
+
+def test_toml_spec_is_the_same_sweep(reference, tmp_path):
+    """The stored spec, and a hand-written TOML file with ranges, describe the reference sweep."""
+    stored = tmp_path / "stored.toml"
+    stored.write_text(xr.open_zarr(reference).attrs["spec"])
+    handwritten = tmp_path / "hand.toml"
+    handwritten.write_text(
+        'family = "cst,crelu"\nsparsity = "0.6:0.8:2"\nclip = [1, 2.0, inf]\nq_star = [2, 1]\n'
+        'width = "log:16:64:2"\ndepth = 40\nnets = 99\nseed = 7\n'
+    )
+    assert parse([str(handwritten), "--nets", "6"])[0] == parse(GRID)[0]
+    run = sweep(stored, "--out", reference)
+    assert "nothing to do" in run.stdout
+
+
+def test_different_spec_is_refused_unless_overwrite(reference, tmp_path):
+    run = sweep(*GRID, "--nets", 5, "--out", reference, check=False)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        f"simulate.grid: out={reference}: holds a different sweep (differs in nets); "
+        "give --overwrite to replace it, or another --out"
+    ]
+    out = tmp_path / "over.zarr"
+    shutil.copytree(reference, out)
+    sweep(*OFF_EOC, "--depth", 3, "--out", out, "--overwrite")
+    replaced = load(out)
+    assert (
+        replaced.sizes["layer"] == 4 and replaced.cell_done.all() and "q_star" not in replaced.dims
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Refusals: one line, exit status 2, nothing written
+
+
+def test_bad_value_exits_2_with_one_line(tmp_path):
+    run = sweep("--clip", "0.5,-1", "--out", tmp_path / "x.zarr", check=False, cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [
+        "simulate.grid: clip=-1: must be > 0, or inf for no clipping"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+BAD = {
+    "type": (["--width", "abc"], "width=abc: must be an integer >= 1"),
+    "integer": (["--nets", "2.5"], "nets=2.5: must be an integer >= 1"),
+    "range value": (["--clip", "0,1"], "clip=0: must be > 0, or inf"),
+    "range syntax": (["--sparsity", "0.6:0.9"], "sparsity=0.6:0.9: a range is start:stop:count"),
+    "log range": (["--width", "log:0:64:3"], "width=log:0:64:3: a range is"),
+    "duplicate": (["--width", "16,16.0"], "width=16: listed twice"),
+    "scalar list": (["--depth", "5,6"], "depth=5,6: must be one value"),
+    "family": (["--family", "relu"], "family=relu: must be one of crelu, cst"),
+    "engine": (["--engine", "fast"], "engine=fast: must be one of gram, dense, auto"),
+    "sparsity of family": (["--sparsity", "0.3"], "sparsity=0.3: must be in [0.5, 1) for crelu"),
+    "not on the EoC": (["--tau", "40"], "(at family=crelu, tau=40, clip=0.5, q_star=1)"),
+    "sparsity and tau": (["--tau", "1", "--sparsity", "0.6"], "give sparsity or tau, not both"),
+    "off-EoC pair": (["--sigma-w2", "2", "--tau", "0"], "sigma_b2=(missing): required off"),
+    "off-EoC tau": (["--sigma-w2", "2", "--sigma-b2", "0"], "tau=(missing): required off"),
+    "off-EoC q*": (["--sigma-w2", "2", "--sigma-b2", "0", "--tau", "0", "--q-star", "1"],
+                   "q_star=1: only on the Edge of Chaos"),
+    "off-EoC q0": (["--sigma-w2", "2", "--sigma-b2", "0", "--tau", "0", "--q0", "q_star"],
+                   "q0=q_star: off the Edge of Chaos there is no q*"),
+    "scheduler": (["--scheduler", "tcp://127.0.0.1:1"], "scheduler=tcp://127.0.0.1:1: only with"),
+    "flag": (["--bogus"], "unrecognized arguments: --bogus"),
+    "disk": (["--nets", "100000", "--depth", "100000"], ": the store needs up to"),
+    "memory": (["--width", "1000000000"], "width=1000000000: the cells in flight need about"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", BAD.values(), ids=BAD.keys())
+def test_each_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "x.zarr"
+    assert grid.main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("simulate.grid: ")
+    assert message in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("widht = [16]\n", "widht=16: unknown key; allowed: family, sparsity"),
+        ("width = [16\n", "not valid TOML"),
+        ("width = true\n", "width=True: must be an integer >= 1"),
+        ('clip = ["1:2:x"]\n', "clip=1:2:x: a range is"),
+    ],
+)
+def test_bad_toml_is_refused(text, message, tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert grid.main([str(path), "--out", str(tmp_path / "x.zarr")]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_path_that_is_not_a_store_is_never_replaced(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("precious")
+    assert grid.main(["--out", str(tmp_path / "notes"), "--overwrite"]) == 2
+    assert "is not a sweep store" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "precious"
+
+
+def test_missing_dask_is_a_clear_refusal(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # import fails as if not installed
+    assert grid.main([*GRID, "--backend", "dask", "--out", str(tmp_path / "x.zarr")]) == 2
+    assert "backend=dask: needs dask.distributed" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Spec parsing
+
+
+def test_default_sweep():
+    spec, run = parse([])
+    assert spec.family == ("crelu", "cst")
+    assert spec.sparsity == (0.6, 0.7, 0.8, 0.85, 0.9)
+    assert spec.clip == (0.5, 1.0, 1.5, 2.0, 3.0, np.inf)
+    assert (spec.q_star, spec.width, spec.depth, spec.nets) == ((1.0,), (100, 300, 1000), 200, 64)
+    assert (spec.engine, spec.q0, spec.tau, spec.sigma_w2) == ("gram", "q_star", None, None)
+    assert run.out == Path("results/default.zarr") and run.n_jobs == -1
+    assert spec.cell_shape == (2, 5, 6, 1, 3)
+
+
+def test_lists_and_ranges():
+    spec, _ = parse(
+        ["--clip", "inf,0.5:1.5:3", "--width", "log:10:1000:3", "--sparsity", "0.9,0.6"]
+    )
+    assert spec.clip == (0.5, 1.0, 1.5, np.inf)
+    assert spec.width == (10, 100, 1000)
+    assert spec.sparsity == (0.6, 0.9)
+
+
+def test_flags_override_the_file(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('sparsity = [0.7]\nwidth = 32\nout = "elsewhere.zarr"\nn_jobs = 1\n')
+    spec, run = parse([str(path), "--tau", "0.5", "--width", "8"])
+    assert (spec.sparsity, spec.tau, spec.width) == (None, (0.5,), (8,))
+    assert run.out == Path("elsewhere.zarr") and run.n_jobs == 1
+    assert parse([str(path)])[1].n_jobs == 1
+    assert parse([str(path), "--out", "x.zarr"])[1].out == Path("x.zarr")
+    path.write_text("depth = 3\n")
+    assert parse([str(path)])[1].out == Path("results/s.zarr")
+
+
+def test_spec_round_trips_through_toml():
+    for argv in ([], GRID, OFF_EOC, ["--tau", "0,0.5", "--q0", "2"]):
+        spec, _ = parse(argv)
+        assert Spec.from_toml(spec.to_toml()) == spec
+
+
+def test_infeasible_cell_is_named():
+    spec, _ = parse(["--family", "cst", "--tau", "0.1,45", "--clip", "inf"])
+    with pytest.raises(SpecError, match=r"\(at family=cst, tau=45, clip=inf, q_star=1\)$"):
+        resolve(spec)
+
+
+def test_batches_cover_every_cell_once():
+    spec, _ = parse(GRID)
+    todo = list(cells(spec, resolve(spec)))
+    total = grid._todo_cost(spec, np.zeros(spec.cell_shape, dtype=bool))
+    assert total == sum(grid._cost(spec, c.width) for c in todo)
+    for n_workers, max_batch in ((1, None), (2, None), (2, 1), (4, 5)):
+        target = min(grid.TASK_COST, total / (4 * n_workers))
+        batches = list(grid._batches(spec, iter(todo), target, max_batch))
+        assert [c for b in batches for c in b] == todo
+        assert max_batch is None or max(map(len, batches)) <= max_batch
+        assert len(batches) >= 4 * n_workers
+
+
+def test_example_specs_are_valid():
+    """specs/*.toml parse and pass validation; specs/default.toml is the built-in default."""
+    examples = sorted((REPO / "specs").glob("*.toml"))
+    assert examples
+    for path in examples:
+        spec, run = parse([str(path)])
+        resolve(spec)
+        assert run.out == Path("results") / f"{path.stem}.zarr"
+    assert parse([str(REPO / "specs" / "default.toml")])[0] == parse([])[0]
