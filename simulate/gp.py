@@ -53,33 +53,59 @@ def _pass_probability(a, b):
     return ndtr(-a) - ndtr(-b)
 
 
-def _truncated_power_moment(a, b, p: int):
-    """P_p(a, b) = int_a^b (z - a)^p n(z) dz, by whichever of two exact expressions is stable:
+_SERIES_WIDTH = 2.0
+"""Width of the pass band [a, a + 2] on which ``_truncated_power_moment`` uses the Hermite series."""
 
-    - the raw moments M_k = int_a^b z^k n(z) dz, M_0 = Phi(b) - Phi(a), M_1 = n(a) - n(b),
-      M_k = (k-1) M_{k-2} + a^{k-1} n(a) - b^{k-1} n(b), and P_p = sum_j binom(p, j) (-a)^{p-j} M_j;
-    - for a pass band w = b - a < 2, where that sum cancels (badly as w -> 0), the Hermite series
-      n(a + t) = n(a) sum_j (-1)^j He_j(a) t^j / j!, integrated termwise:
-      P_p = n(a) sum_j (-1)^j He_j(a) w^{j+p+1} / (j! (j+p+1))  (80 terms).
 
-    Against quadrature, the relative error is below 1e-13 (p = 2) and 2e-13 (p = 4) for
-    a <= 3, and below 4e-13 (p = 2) and 2e-11 (p = 4) for a <= 4.
+def _raw_power_moments(a, b, p: int):
+    """[P_0, ..., P_p](a, b) from the raw moments M_k = int_a^b z^k n(z) dz:
+
+        M_0 = Phi(b) - Phi(a),  M_1 = n(a) - n(b),  M_k = (k-1) M_{k-2} + a^{k-1} n(a) - b^{k-1} n(b),
+        P_j = sum_i binom(j, i) (-a)^{j-i} M_i.
+
+    Exact, but the sum cancels as a grows or as b - a shrinks.
     """
     na, nb = _npdf(a), _npdf(b)
     moments = [_pass_probability(a, b), na - nb]
     for k in range(2, p + 1):
         moments.append((k - 1) * moments[k - 2] + a ** (k - 1) * na - b ** (k - 1) * nb)
-    raw = sum(binom(p, j) * (-a) ** (p - j) * moments[j] for j in range(p + 1))
+    return [
+        sum(binom(j, i) * (-a) ** (j - i) * moments[i] for i in range(j + 1)) for j in range(p + 1)
+    ]
 
-    w = np.minimum(b - a, 2.0)
-    hermite_prev, hermite = np.zeros_like(a), np.ones_like(a)  # He_{-1}, He_0
+
+def _hermite_power_moment(a, w, p: int):
+    """P_p(a, a + w) for 0 <= w <= 2 from n(a + t) = n(a) sum_j (-1)^j He_j(a) t^j / j!:
+
+    P_p = n(a) sum_j (-1)^j He_j(a) w^{j+p+1} / (j! (j+p+1))   (80 terms).
+    """
+    a_series = np.minimum(a, 40.0)  # beyond, n(a) = 0 anyway; keeps He_j(a) finite
+    hermite_prev, hermite = np.zeros_like(a_series), np.ones_like(a_series)  # He_{-1}, He_0
     power = w ** (p + 1)  # w^{j+p+1} / j!
-    series = np.zeros_like(raw)
+    series = np.zeros_like(a_series * w)
     for j in range(80):
         series = series + (-1) ** j * hermite * power / (j + p + 1)
-        hermite_prev, hermite = hermite, a * hermite - j * hermite_prev
+        hermite_prev, hermite = hermite, a_series * hermite - j * hermite_prev
         power = power * w / (j + 1)
-    return np.where(b - a < 2.0, na * series, raw)
+    return _npdf(a) * series
+
+
+def _truncated_power_moment(a, b, p: int):
+    """P_p(a, b) = int_a^b (z - a)^p n(z) dz, split at c = a + 2 where b > c:
+
+        P_p(a, b) = P_p(a, min(b, c)) + sum_j binom(p, j) 2^{p-j} P_j(c, b),
+
+    the head by the Hermite series (no cancellation however narrow the band), the tail by the raw
+    moments, whose cancellation is harmless there: the tail weighs at most ~e^{-2a-2} of the whole.
+    Against quadrature, for a in [0, 4] and any band: relative error below 3e-13 (p = 2) and
+    2e-12 (p = 4).
+    """
+    a = np.asarray(a, dtype=float)
+    head = _hermite_power_moment(a, np.minimum(b - a, _SERIES_WIDTH), p)
+    c = a + _SERIES_WIDTH
+    tail_moments = _raw_power_moments(c, np.maximum(b, c), p)  # all exactly 0 when b <= c
+    tail = sum(binom(p, j) * _SERIES_WIDTH ** (p - j) * tail_moments[j] for j in range(p + 1))
+    return head + tail
 
 
 def activation_moment(act: Activation, q, p: int = 2):

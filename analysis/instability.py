@@ -1,0 +1,390 @@
+"""Where the variance runs away: escape statistics, the width law, the clip window, fixed-point jumps.
+
+Escape. A network escapes at the first layer where its variance leaves the band
+[q_ref / f, f q_ref] (f = the store's ``escape_factor``); networks that never do are censored at
+the sweep's depth. Per cell: the fraction escaped by each layer, the Kaplan-Meier survival curve
+and the median escape depth with its 95% interval (:mod:`analysis.survival`).
+
+Width law. For unclipped activations at the Edge of Chaos (V'(q*) = 1, V'' > 0) the median escape
+depth is fitted as L_esc = A N^beta by least squares on (ln N, ln median) over the widths whose
+median was reached before the sweep's depth. The 95% interval on beta is a percentile bootstrap
+over networks (resampled within each width, B = 2000, fixed seed). A pooled beta shares the slope
+across every unclipped (family, sparsity, q*) with its own intercept (within-group regression).
+
+Onset of the instability in the 1/N theory. Near the one-sided fixed point a deviation
+delta = q - q* obeys delta -> delta + (V''/2) delta^2 + noise, the noise accumulating to
+Var[G^l] = V4^l / N. A deviation delta blows up deterministically within 2 / (V'' delta) layers, so
+we call *distance to instability at depth l* the deviation whose blow-up time equals l,
+d_l = 2 / (V''(q*) l). The onset layer l_pt(N) is the first layer where the predicted spread of the
+layer variance reaches it: sqrt(V4^l / N) >= d_l. There the first-order mean shift G1^l/N equals
+half that spread, i.e. the 1/N expansion has lost its ordering. With V4^l ~ v l (ReLU_tau, ST_tau)
+this gives l_pt = (4 N / (V''^2 v))^{1/3}: beta_theory = 1/3, reported beside the fitted beta.
+
+Clip window for (family, sparsity, q*).
+- Theory: lower edge = the smallest m at which at least half of the active units pass gradient,
+  (Phi(b) - Phi(a)) / (1 - Phi(a)) >= 1/2 at q*, i.e. m_low = sqrt(q*) [Phi^{-1}((1 + Phi(a))/2) - a]
+  (a, b as in SCIENCE.md; the same ratio for CST); below it most active units sit on the clip and
+  gradients die out. Upper edge = ``gp.max_stable_clip`` (above it V has extra fixed points).
+- Monte Carlo, per width: the simulated m for which at least ``STAY_LEVEL`` (90%) of the networks
+  stay at q* to full depth (not escaped, and the final variance nearest to q* among the GP's stable
+  fixed points, on a log scale) and the mean final zero fraction of the networks that did not
+  escape is within ``SPARSITY_TOL`` = 0.02 of the target.
+
+Jumps. For clipped cells whose map has a stable upper fixed point, each network's final variance
+and zero fraction are assigned to the nearest stable fixed point, and the cluster means are set
+against the GP's fixed point and its sparsity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtr, ndtri
+
+from simulate import gp
+from simulate.activations import Activation
+
+from ._store import Cell, Results, open_results, run_cli
+from ._table import markdown_table
+from .survival import kaplan_meier, median_survival
+from .theory import layer_theory
+
+STAY_LEVEL = 0.9
+"""Fraction of networks that must stay at q* for a clip level to be in the Monte Carlo window."""
+
+SPARSITY_TOL = 0.02
+"""Allowed gap between the mean final zero fraction and the target sparsity in the MC window."""
+
+MIN_PASS = 0.5
+"""Theory lower edge: minimum fraction of the active units that pass gradient at q*."""
+
+N_BOOT = 2000
+"""Bootstrap replicates for the interval on the width-law exponent."""
+
+FATES = ("q*", "upper", "lower", "escaped up", "escaped down")
+"""What happens to a network by the last layer (:func:`network_fates`)."""
+
+
+# -- escape statistics --------------------------------------------------------------------------
+
+
+def escape_times(cell: Cell, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """(time, observed): the escape layer of each network, or ``depth`` (censored) if none."""
+    layer = cell.data["escape_layer"].values.astype(int)
+    observed = layer >= 0
+    return np.where(observed, layer, depth).astype(float), observed
+
+
+def escaped_fraction(cell: Cell, depth: int) -> np.ndarray:
+    """Fraction of networks escaped at or before each layer 0..depth."""
+    layer = cell.data["escape_layer"].values
+    hit = layer[layer >= 0]
+    return np.array([(hit <= l).sum() for l in range(depth + 1)]) / layer.size
+
+
+def escape_table(results: Results) -> pd.DataFrame:
+    """One row per finished cell: networks, escaped fraction by depth, median escape depth and its
+    95% Kaplan-Meier interval (inf: not reached within the sweep's depth)."""
+    rows = []
+    for cell in results.cells():
+        times, observed = escape_times(cell, results.depth)
+        median, lo, hi = median_survival(kaplan_meier(times, observed))
+        rows.append(
+            {
+                **cell.key,
+                "n_nets": times.size,
+                "frac_escaped": observed.mean(),
+                "median_escape": median,
+                "median_lo": lo,
+                "median_hi": hi,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# -- the width law ------------------------------------------------------------------------------
+
+
+def _median_of_sorted(times: np.ndarray) -> np.ndarray:
+    """KM median without censoring before the end: the ceil(n/2)-th smallest time (inf = censored),
+    along the last axis."""
+    k = math.ceil(times.shape[-1] / 2) - 1
+    return np.partition(times, k, axis=-1)[..., k]
+
+
+def _slope(x: np.ndarray, y: np.ndarray, group: np.ndarray) -> float:
+    """Within-group least-squares slope of y on x (one intercept per group); NaN if undetermined."""
+    keep = np.isfinite(y)
+    x, y, group = x[keep], y[keep], group[keep]
+    num = den = 0.0
+    for g in np.unique(group):
+        sel = group == g
+        if sel.sum() < 2:
+            continue
+        dx = x[sel] - x[sel].mean()
+        num += float(dx @ (y[sel] - y[sel].mean()))
+        den += float(dx @ dx)
+    return num / den if den > 0 else math.nan
+
+
+def onset_layer(cell: Cell, depth: int) -> float:
+    """l_pt(N): first layer with sqrt(V4^l / N) >= 2 / (V''(q*) l) (module docstring); inf if none."""
+    act = cell.act
+    base = layer_theory(act.family, act.tau, act.m, cell.sigma_w2, cell.sigma_b2, cell.q0, depth)
+    curvature = float(gp.variance_curvature(act, cell.q_ref, cell.sigma_w2))
+    layers = np.arange(1, depth + 1)
+    spread = np.sqrt(base["v4"].values[1:] / cell.width)
+    hit = layers[spread >= 2.0 / (curvature * layers)]
+    return float(hit[0]) if hit.size and curvature > 0 else math.inf
+
+
+def _group_label(results: Results, cell: Cell) -> str:
+    """``family=crelu sparsity=0.8 q_star=1.0``: the cell's parameters except the clip."""
+    return " ".join(f"{d}={cell.key[d]}" for d in results.param_dims if d != "clip")
+
+
+def width_law(
+    results: Results, n_boot: int = N_BOOT, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fit L_esc = A N^beta for every unclipped parameter group, and pooled.
+
+    Returns (points, fits): ``points`` has one row per unclipped cell (its group label, median
+    escape depth with its KM interval, onset layer l_pt); ``fits`` one row per group plus a
+    ``pooled`` row, with beta, the group's intercept ln A, its 95% bootstrap interval, the fraction of bootstrap replicates that could be fitted, and the
+    theory exponent fitted to l_pt over the same widths.
+    """
+    if "clip" not in results.ds.dims or not np.isinf(results.ds["clip"].values).any():
+        return pd.DataFrame(), pd.DataFrame()
+    rows, samples = [], []
+    for cell in results.cells(clip=math.inf):
+        times, observed = escape_times(cell, results.depth)
+        median, lo, hi = median_survival(kaplan_meier(times, observed))
+        rows.append(
+            {
+                **cell.key,
+                "group": _group_label(results, cell),
+                "median_escape": median,
+                "median_lo": lo,
+                "median_hi": hi,
+                "onset_layer": onset_layer(cell, results.depth),
+            }
+        )
+        samples.append(np.where(observed, times, math.inf))
+    points = pd.DataFrame(rows)
+    if points.empty:
+        return points, pd.DataFrame()
+    rng = np.random.default_rng(seed)
+    boot = np.stack(
+        [_median_of_sorted(t[rng.integers(0, t.size, (n_boot, t.size))]) for t in samples], axis=1
+    )  # (n_boot, cells)
+    x = np.log(points["width"].to_numpy(dtype=float))
+    codes = pd.factorize(points["group"])[0]
+    fits = []
+    for code in [*np.unique(codes), None]:
+        sel = np.ones(len(points), bool) if code is None else codes == code
+        fits.append(_fit_row(points[sel], x[sel], codes[sel], boot[:, sel], pooled=code is None))
+    return points, pd.DataFrame(fits)
+
+
+def _fit_row(points: pd.DataFrame, x, codes, boot, pooled: bool) -> dict:
+    with np.errstate(divide="ignore"):
+        y = np.log(points["median_escape"].to_numpy(dtype=float))
+        y_theory = np.log(points["onset_layer"].to_numpy(dtype=float))
+        slopes = np.array([_slope(x, np.log(b), codes) for b in boot])
+    finite = slopes[np.isfinite(slopes)]
+    lo, hi = np.quantile(finite, [0.025, 0.975]) if finite.size else (math.nan, math.nan)
+    beta = _slope(x, y, codes)
+    ok = np.isfinite(y)
+    return {
+        "group": "pooled" if pooled else points["group"].iloc[0],
+        "n_widths": int(np.isfinite(y).sum()),
+        "beta": beta,
+        "intercept": math.nan if pooled or ok.sum() < 2 else y[ok].mean() - beta * x[ok].mean(),
+        "beta_lo": lo,
+        "beta_hi": hi,
+        "boot_valid": finite.size / max(slopes.size, 1),
+        "beta_theory": _slope(x, y_theory, codes),
+    }
+
+
+# -- fixed points, network fates and the clip window --------------------------------------------
+
+
+@lru_cache(maxsize=1024)
+def stable_fixed_points(
+    family: str, tau: float, m: float, sigma_w2: float, sigma_b2: float, q_ref: float
+) -> tuple[float, ...]:
+    """Sorted attracting (stable or one-sided) fixed points of V, always including ``q_ref``
+    (the root finder can merge q* with an unstable root a hair above it)."""
+    act = Activation(family, tau, m)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # GP series far below q*, unused
+            found = gp.fixed_points(act, sigma_w2, sigma_b2)
+    except ValueError:  # V(q) = q identically: every q is fixed, q_ref is as good as any
+        found = []
+    points = [p.q for p in found if p.kind != "unstable"]
+    points = [q for q in points if abs(math.log(q / q_ref)) > 1e-3]
+    return tuple(sorted([*points, q_ref]))
+
+
+def network_fates(cell: Cell, depth: int) -> pd.DataFrame:
+    """Per network: escape layer, final variance and zero fraction (mean over inputs, NaN if
+    escaped), the nearest stable fixed point ``basin`` and ``fate`` in {"q*", "upper", "lower",
+    "escaped up", "escaped down"}."""
+    q = cell.data["q"].transpose("net", "layer", "input").values.astype(float)
+    zf = cell.data["zero_frac"].transpose("net", "layer", "input").values.astype(float)
+    escape = cell.data["escape_layer"].values.astype(int)
+    act = cell.act
+    points = np.array(
+        stable_fixed_points(act.family, act.tau, act.m, cell.sigma_w2, cell.sigma_b2, cell.q_ref)
+    )
+    final_q = q[:, depth].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        basin = points[np.argmin(np.abs(np.log(final_q[:, None] / points[None, :])), axis=1)]
+    last = np.array(
+        [q[i, e].max() if e >= 0 else np.nan for i, e in enumerate(escape)]
+    )  # the out-of-band value at the escape layer
+    fate = np.where(
+        basin == cell.q_ref, "q*", np.where(basin > cell.q_ref, "upper", "lower")
+    ).astype(object)
+    fate[escape >= 0] = np.where(last[escape >= 0] > cell.q_ref, "escaped up", "escaped down")
+    return pd.DataFrame(
+        {
+            "escape_layer": escape,
+            "final_q": np.where(escape >= 0, np.nan, final_q),
+            "final_zero_frac": np.where(escape >= 0, np.nan, zf[:, depth].mean(axis=1)),
+            "basin": np.where(escape >= 0, np.nan, basin),
+            "fate": fate,
+        }
+    )
+
+
+def stability_table(results: Results) -> pd.DataFrame:
+    """One row per finished cell: fraction of networks staying at q*, mean final zero fraction of
+    the networks that did not escape, and whether the cell is in the Monte Carlo window."""
+    rows = []
+    for cell in results.cells():
+        fates = network_fates(cell, results.depth)
+        stay = float((fates["fate"] == "q*").mean())
+        zero = float(fates["final_zero_frac"].mean())
+        rows.append(
+            {
+                **cell.key,
+                "frac_stay": stay,
+                "final_zero_frac": zero,
+                "target_sparsity": cell.target_sparsity,
+                "in_window_mc": bool(
+                    stay >= STAY_LEVEL and abs(zero - cell.target_sparsity) <= SPARSITY_TOL
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@lru_cache(maxsize=256)
+def theory_window(family: str, sparsity: float, q_star: float) -> tuple[float, float]:
+    """(m_low, m_high): the gradient-flow lower edge and ``gp.max_stable_clip`` (module docstring)."""
+    a = float(Activation.from_sparsity(family, sparsity, q_star).tau) / math.sqrt(q_star)
+    b = float(ndtri(ndtr(a) + MIN_PASS * (1.0 - ndtr(a))))
+    return math.sqrt(q_star) * (b - a), gp.max_stable_clip(family, sparsity, q_star)
+
+
+def _grid_index(clips: np.ndarray, m: float) -> int:
+    """Index of the largest grid clip <= m (-1 if m is below the grid)."""
+    return int(np.searchsorted(clips, m, side="right")) - 1
+
+
+def clip_window(results: Results) -> pd.DataFrame:
+    """Theory window and Monte Carlo window per (family, sparsity, q*[, width]), side by side.
+
+    ``mc_low``/``mc_high`` are the smallest and largest finite simulated m in the MC window;
+    ``upper_steps`` is the number of grid steps between the MC upper edge and the largest grid m
+    not above ``gp.max_stable_clip`` (0: same grid cell; |steps| <= 1 counts as agreement).
+    """
+    if not results.eoc or "sparsity" not in results.ds.dims:
+        return pd.DataFrame()
+    table = stability_table(results)
+    table = table[np.isfinite(table["clip"])]
+    clips = np.sort(np.unique(table["clip"].to_numpy(dtype=float)))
+    keys = ["family", "sparsity", "q_star", "width"]
+    rows = []
+    for key, group in table.groupby(keys, sort=True):
+        family, sparsity, q_star, _ = key
+        low, high = theory_window(family, sparsity, q_star)
+        inside = np.sort(group.loc[group["in_window_mc"], "clip"].to_numpy(dtype=float))
+        mc_high = float(inside[-1]) if inside.size else math.nan
+        steps = _grid_index(clips, mc_high) - _grid_index(clips, high) if inside.size else math.nan
+        rows.append(
+            {
+                **dict(zip(keys, key, strict=True)),
+                "theory_low": low,
+                "theory_high": high,
+                "mc_low": float(inside[0]) if inside.size else math.nan,
+                "mc_high": mc_high,
+                "mc_clips": ", ".join(f"{m:g}" for m in inside),
+                "upper_steps": steps,
+                "agrees": bool(abs(steps) <= 1) if inside.size else False,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def jump_table(results: Results) -> pd.DataFrame:
+    """Clipped cells whose GP map has a stable fixed point above q*: networks per fate, and the
+    upper cluster's mean final variance and zero fraction against the GP fixed point."""
+    rows = []
+    for cell in results.cells():
+        if not cell.act.clipped:
+            continue
+        act = cell.act
+        points = stable_fixed_points(
+            act.family, act.tau, act.m, cell.sigma_w2, cell.sigma_b2, cell.q_ref
+        )
+        upper = [q for q in points if q > cell.q_ref]
+        if not upper:
+            continue
+        fates = network_fates(cell, results.depth)
+        jumped = fates[fates["fate"] == "upper"]
+        counts = fates["fate"].value_counts()
+        rows.append(
+            {
+                **cell.key,
+                "gp_upper_q": upper[0],
+                "gp_upper_sparsity": float(gp.sparsity(act, upper[0])),
+                **{f"n_{f.replace(' ', '_')}": int(counts.get(f, 0)) for f in FATES},
+                "upper_mean_q": float(jumped["final_q"].mean()) if len(jumped) else math.nan,
+                "upper_mean_zero_frac": (
+                    float(jumped["final_zero_frac"].mean()) if len(jumped) else math.nan
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+TABLES = {
+    "escape": escape_table,
+    "width-law": lambda r: width_law(r)[1],
+    "width-points": lambda r: width_law(r)[0],
+    "window": clip_window,
+    "jumps": jump_table,
+    "stability": stability_table,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.instability", description="Escape, width-law and window tables."
+    )
+    parser.add_argument("results", help="results store (.zarr directory or .nc file)")
+    parser.add_argument("--table", choices=sorted(TABLES), default="escape")
+    args = parser.parse_args(argv)
+    print(markdown_table(TABLES[args.table](open_results(args.results))))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

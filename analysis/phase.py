@@ -1,0 +1,185 @@
+"""Phase-diagram tables, from theory and from Monte Carlo.
+
+On the Edge of Chaos the diagram is sparsity x clip level per family (and q*):
+
+- theory (``theory_phase``): sigma_w^2, sigma_b^2, V'(q*), R(0), the fraction of active units that
+  pass gradient (E[phi'^2] / P(phi != 0) = (Phi(b) - Phi(a)) / (1 - Phi(a)) at q*), the GP's stable fixed points (``n_stable``; an upper one means bistability), and
+  whether m lies in the theory window of :func:`analysis.instability.theory_window`;
+- Monte Carlo (``mc_phase``, per width): the fraction of networks that stay at q* to full depth,
+  the median escape depth, the mean final zero fraction and the MC window flag.
+
+Off the Edge of Chaos (a sweep over sigma_w^2 x sigma_b^2 at fixed activation) the diagram is
+(sigma_w^2, sigma_b^2): ``sigma_theory`` iterates V from q0 to the attracting fixed point q_inf
+and reports chi_1(q_inf) (ordered below 1, chaotic above) and V'(q_inf); ``sigma_mc`` reports the
+measured ln of the mean tangent gain over the second half of the layers (an estimate of
+ln chi_1(q_inf)), the
+escaped fraction and the median final variance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pandas as pd
+
+from simulate import gp
+from simulate.activations import Activation
+
+from ._store import Results, open_results, run_cli
+from ._table import markdown_table
+from .instability import escape_table, stability_table, stable_fixed_points, theory_window
+
+
+def theory_phase(families, sparsities, clips, q_stars) -> pd.DataFrame:
+    """GP quantities on the grid family x sparsity x clip x q* (module docstring)."""
+    rows = []
+    for family in families:
+        for s in sparsities:
+            for q_star in q_stars:
+                low, high = theory_window(family, float(s), float(q_star))
+                for m in clips:
+                    act = Activation.from_sparsity(family, float(s), float(q_star), float(m))
+                    eoc = gp.edge_of_chaos(act, float(q_star))
+                    points = stable_fixed_points(
+                        family, act.tau, act.m, eoc.sigma_w2, eoc.sigma_b2, float(q_star)
+                    )
+                    rows.append(
+                        {
+                            "family": family,
+                            "sparsity": float(s),
+                            "clip": float(m),
+                            "q_star": float(q_star),
+                            "sigma_w2": eoc.sigma_w2,
+                            "sigma_b2": eoc.sigma_b2,
+                            "v_slope": float(gp.variance_slope(act, q_star, eoc.sigma_w2)),
+                            "r0": float(
+                                gp.correlation_map(act, 0.0, q_star, eoc.sigma_w2, eoc.sigma_b2)
+                            ),
+                            "pass_of_active": float(gp.chi1(act, q_star, 1.0)) / (1.0 - s),
+                            "n_stable": len(points),
+                            "upper_q": max(points) if len(points) > 1 else math.nan,
+                            "in_window_theory": bool(math.isfinite(m) and low <= m <= high),
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def theory_phase_of(results: Results) -> pd.DataFrame:
+    """:func:`theory_phase` on the store's own family x sparsity x clip x q* grid (empty unless
+    the store is an Edge-of-Chaos sweep over sparsity)."""
+    ds = results.ds
+    if not results.eoc or "sparsity" not in ds.dims:
+        return pd.DataFrame()
+    return theory_phase(
+        [str(f) for f in ds["family"].values],
+        ds["sparsity"].values,
+        ds["clip"].values,
+        ds["q_star"].values,
+    )
+
+
+def mc_phase(results: Results) -> pd.DataFrame:
+    """Per finished cell: fraction staying at q*, median escape depth, final zero fraction, MC
+    window flag."""
+    keys = [*results.param_dims, "width"]
+    escape = escape_table(results)[[*keys, "frac_escaped", "median_escape"]]
+    return stability_table(results).merge(escape, on=keys)
+
+
+def pivot(table: pd.DataFrame, value: str, **where) -> pd.DataFrame:
+    """``value`` as a sparsity x clip table, rows restricted by ``where`` (e.g. family, width)."""
+    sel = np.ones(len(table), bool)
+    for key, val in where.items():
+        sel &= (table[key] == val).to_numpy()
+    return table[sel].pivot_table(index="sparsity", columns="clip", values=value, aggfunc="first")
+
+
+def sigma_theory(act: Activation, sigma_w2, sigma_b2, q0: float, depth: int = 2000) -> dict:
+    """On a (sigma_w^2, sigma_b^2) grid (broadcast): q_inf (V iterated from q0 until it settles to
+    1e-10 relative, at most ``depth`` times; inf once it passes 1e12; stopped below 1e-12 q0 when
+    it collapses to 0), chi_1(q_inf), V'(q_inf)."""
+    sigma_w2, sigma_b2 = np.broadcast_arrays(
+        np.asarray(sigma_w2, float), np.asarray(sigma_b2, float)
+    )
+    q = np.full(sigma_w2.shape, float(q0))
+    moving = np.ones(q.shape, bool)
+    with np.errstate(all="ignore"):  # q -> 0 (ordered, no bias) and q -> inf are both limits
+        for _ in range(depth):
+            old = q[moving]
+            new = gp.variance_map(act, old, sigma_w2[moving], sigma_b2[moving])
+            new = np.where(np.isnan(new), np.where(old > q0, np.inf, 0.0), new)
+            new = np.where(new < 1e12, new, np.inf)
+            vanished = new < 1e-12 * q0  # ordered without bias: q -> 0, keep the last iterate
+            settled = ~np.isfinite(new) | vanished | (np.abs(new - old) <= 1e-10 * new)
+            q[moving] = np.where(vanished, old, new)
+            moving[moving] = ~settled
+            if not moving.any():
+                break
+        finite = np.isfinite(q)
+        safe = np.where(finite, q, 1.0)
+        chi = np.where(finite, gp.chi1(act, safe, sigma_w2), np.nan)
+        slope = np.where(finite, gp.variance_slope(act, safe, sigma_w2), np.nan)
+    return {"q_inf": q, "chi1": chi, "v_slope": slope}
+
+
+def _log_mean(values: np.ndarray) -> float:
+    """ln of the mean of the finite entries (NaN if none; -inf if they are all 0)."""
+    finite = values[np.isfinite(values)]
+    with np.errstate(divide="ignore"):
+        return float(np.log(finite.mean())) if finite.size else math.nan
+
+
+def sigma_mc(results: Results) -> pd.DataFrame:
+    """Off-EoC store: per finished cell, ln of the mean tangent gain over layers depth/2..depth
+    (an estimate of ln chi_1 at the reached fixed point; the mean of log_gain would be biased
+    low), the escaped fraction, the median final variance of the networks that did not escape,
+    and the theory's q_inf, ln chi_1 and V' at the fixed point reached from q0
+    (:func:`sigma_theory`)."""
+    rows = []
+    half = results.depth // 2
+    for cell in results.cells():
+        theory = sigma_theory(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q0)
+        with np.errstate(over="ignore", divide="ignore"):  # chi_1 = 0 when q collapses to 0
+            log_chi1 = float(np.log(theory["chi1"]))
+            gain = np.exp(cell.data["log_gain"].isel(layer=slice(half, None)).values)
+        final = cell.data["q"].isel(layer=-1).mean("input").values
+        rows.append(
+            {
+                **cell.key,
+                "log_mean_gain": _log_mean(gain),
+                "frac_escaped": float((cell.data["escape_layer"].values >= 0).mean()),
+                "median_final_q": (
+                    float(np.median(final[np.isfinite(final)]))
+                    if np.isfinite(final).any()
+                    else math.nan
+                ),
+                "gp_q_inf": float(theory["q_inf"]),
+                "gp_log_chi1": log_chi1,
+                "gp_v_slope": float(theory["v_slope"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.phase", description="Phase-diagram tables (theory and MC)."
+    )
+    parser.add_argument("results", help="results store (.zarr directory or .nc file)")
+    parser.add_argument("--source", choices=("theory", "mc"), default="mc")
+    args = parser.parse_args(argv)
+    results = open_results(args.results)
+    if not results.eoc:
+        table = sigma_mc(results)
+    elif args.source == "theory":
+        table = theory_phase_of(results)
+    else:
+        table = mc_phase(results)
+    print(markdown_table(table))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,89 @@
+"""The figure and report commands end to end on tiny real sweeps from ``python -m simulate.grid``."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis import fit
+from analysis._store import open_results
+from analysis.report import TABLES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, check=check
+    )
+
+
+@pytest.fixture(scope="module")
+def eoc_store(tmp_path_factory) -> Path:
+    """crelu at sparsity 0.8: clip 1 (inside the window), 3 (bistable), inf; widths 64, 128."""
+    out = tmp_path_factory.mktemp("eoc") / "tiny.zarr"
+    _run(
+        "simulate.grid", "--family", "crelu", "--sparsity", "0.8", "--clip", "1,3,inf",
+        "--width", "64,128", "--depth", "40", "--nets", "16", "--n-jobs", "1", "--out", str(out),
+    )  # fmt: skip
+    return out
+
+
+def test_figures_command_writes_every_figure(eoc_store):
+    out = eoc_store.parent / "figs"
+    run = _run("analysis.figures", str(eoc_store), "--out", str(out))
+    names = {"variance_maps", "trajectories", "zero_frac_corr_crelu", "phase_diagram",
+             "escape_width", "survival"}  # fmt: skip
+    for name in names:
+        for suffix in (".png", ".pdf"):
+            path = out / f"{name}{suffix}"
+            assert path.stat().st_size > 1000, path
+            assert str(path) in run.stdout
+
+
+def test_report_command_names_every_table_and_embeds_the_figures(eoc_store):
+    run = _run("analysis.report", str(eoc_store))
+    report = eoc_store.parent / "report.md"
+    assert run.stdout.strip() == str(report)
+    text = report.read_text()
+    for key, (heading, command) in TABLES.items():
+        if key == "sigma":
+            continue  # off-EoC stores only
+        assert f"### {heading}" in text
+        assert "python -m " + command.format(store=str(eoc_store)) in text
+    for line in text.splitlines():
+        if line.startswith("!["):
+            target = line[line.index("(") + 1 : line.index(")")]
+            assert (report.parent / target).stat().st_size > 1000
+
+
+def test_clipped_cell_inside_the_window_agrees_with_theory(eoc_store):
+    """The real engine at m = 1 (V'(q*) = 0.56, deep inside the window) passes the fit at both
+    widths (family-wise 1%); the unclipped cells do not."""
+    table = fit.fit_table(open_results(eoc_store)).set_index(["clip", "width"])
+    assert table.loc[1.0, "agrees"].all()
+    assert not table.loc[math.inf, "agrees"].any()
+
+
+def test_off_eoc_sweep_gets_the_sigma_diagram(tmp_path):
+    store = tmp_path / "sigma.zarr"
+    _run(
+        "simulate.grid", "--family", "crelu", "--tau", "0.5", "--clip", "2",
+        "--sigma-w2", "1:6:3", "--sigma-b2", "0,0.5", "--width", "64", "--depth", "20",
+        "--nets", "8", "--n-jobs", "1", "--out", str(store),
+    )  # fmt: skip
+    run = _run("analysis.report", str(store), "--out", str(tmp_path / "r" / "report.md"))
+    assert "sigma_phase.png" in (tmp_path / "r" / "report.md").read_text()
+    assert (tmp_path / "r" / "figures" / "sigma_phase.png").stat().st_size > 1000
+    assert run.returncode == 0
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    """Through a real interpreter (the other commands share run_cli, see test_analysis.py)."""
+    run = _run("analysis.figures", str(tmp_path / "missing.zarr"), check=False)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "no such results store" in run.stderr

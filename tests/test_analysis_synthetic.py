@@ -1,0 +1,202 @@
+"""Synthetic results stores in the schema of ``simulate.grid``, with known answers planted.
+
+The trajectories are drawn per layer from the distributions the theory predicts (independent
+across layers: the analysis tests layer by layer, so correlations along depth do not matter to it),
+then optionally perturbed: a shifted mean from some layer on, planted escape layers, or networks
+moved to another fixed point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import xarray as xr
+
+from analysis._store import Cell, Results
+from analysis.theory import cell_theory
+from simulate import gp
+from simulate.activations import Activation
+
+PARAM_DIMS = ("family", "sparsity", "clip", "q_star")
+
+
+def _skeleton(families, sparsities, clips, q_stars, widths, nets, depth, attrs) -> xr.Dataset:
+    coords = {
+        "family": list(families),
+        "sparsity": np.asarray(sparsities, float),
+        "clip": np.asarray(clips, float),
+        "q_star": np.asarray(q_stars, float),
+        "width": np.asarray(widths, int),
+        "net": np.arange(nets),
+        "layer": np.arange(depth + 1),
+        "input": np.arange(2),
+    }
+    shape = {d: len(v) for d, v in coords.items()}
+    param_shape = tuple(shape[d] for d in PARAM_DIMS)
+    per_cell = {name: np.zeros(param_shape) for name in ("tau", "sigma_w2", "sigma_b2")}
+    per_cell |= {"v_slope": np.zeros(param_shape), "gp_sparsity": np.zeros(param_shape)}
+    q_gp = np.zeros((*param_shape, depth + 1))
+    for index in np.ndindex(param_shape):
+        family, s, m, q_star = (coords[d][i] for d, i in zip(PARAM_DIMS, index, strict=True))
+        act = Activation.from_sparsity(family, s, q_star, m)
+        eoc = gp.edge_of_chaos(act, q_star)
+        per_cell["tau"][index] = act.tau
+        per_cell["sigma_w2"][index] = eoc.sigma_w2
+        per_cell["sigma_b2"][index] = eoc.sigma_b2
+        per_cell["v_slope"][index] = gp.variance_slope(act, q_star, eoc.sigma_w2)
+        per_cell["gp_sparsity"][index] = gp.sparsity(act, q_star)
+        q_gp[index] = gp.iterate_variance(act, q_star, eoc.sigma_w2, eoc.sigma_b2, depth)
+
+    def nan(*dims):
+        return (dims, np.full(tuple(shape[d] for d in dims), np.nan, np.float32))
+
+    traj = (*PARAM_DIMS, "width", "net", "layer")
+    return xr.Dataset(
+        {
+            **{k: (PARAM_DIMS, v) for k, v in per_cell.items()},
+            "q_gp": ((*PARAM_DIMS, "layer"), q_gp),
+            "q": nan(*traj, "input"),
+            "zero_frac": nan(*traj, "input"),
+            "corr": nan(*traj),
+            "log_gain": nan(*traj),
+            "escape_layer": (
+                (*PARAM_DIMS, "width", "net"),
+                np.full(tuple(shape[d] for d in (*PARAM_DIMS, "width", "net")), -1, np.int32),
+            ),
+            "cell_done": (
+                (*PARAM_DIMS, "width"),
+                np.ones(tuple(shape[d] for d in (*PARAM_DIMS, "width")), bool),
+            ),
+        },
+        coords=coords,
+        attrs={"depth": depth, "q0": "q_star", "c0": 0.5, "escape_factor": 10.0, **attrs},
+    )
+
+
+def theory_sample(cell: Cell, depth: int, c0: float, rng: np.random.Generator) -> dict:
+    """Trajectories drawn from the predicted per-layer distributions: q and zero_frac normal with
+    the 1/N mean and spread; corr normal around the GP R-iterate with spread 0.5/sqrt(N); the gain
+    lognormal with mean chi_1 and log-spread 1/sqrt(N)."""
+    theory = cell_theory(cell, depth, c0)
+    nets = cell.data.sizes["net"]
+    shape2 = (nets, depth + 1, 2)
+
+    def normal(mean, sd, shape):
+        return mean + sd * rng.standard_normal(shape)
+
+    col = (slice(None), None)
+    sd_log = 1.0 / math.sqrt(cell.width)  # lognormal gain with mean chi_1
+    log_chi1 = np.log(np.nan_to_num(theory["chi1"].values, nan=1.0))
+    return {
+        "q": normal(theory["q_mean"].values[col], theory["q_sd"].values[col], shape2),
+        "zero_frac": normal(theory["zf_mean"].values[col], theory["zf_sd"].values[col], shape2),
+        "corr": normal(theory["corr"].values, 0.5 / math.sqrt(cell.width), shape2[:2]),
+        "log_gain": normal(log_chi1 - sd_log**2 / 2, sd_log, shape2[:2]),
+    }
+
+
+Perturb = Callable[[Cell, dict, np.random.Generator], None]
+
+
+def make_store(
+    families=("crelu",),
+    sparsities=(0.8,),
+    clips=(1.0, math.inf),
+    q_stars=(1.0,),
+    widths=(100, 1000),
+    nets=64,
+    depth=40,
+    seed=0,
+    perturb: Perturb | None = None,
+    attrs: dict | None = None,
+) -> xr.Dataset:
+    """A finished store whose every cell is drawn by :func:`theory_sample`, then ``perturb``-ed in
+    place (``perturb(cell, values, rng)`` may edit values and set ``values["escape_layer"]``).
+    After an escape the trajectory is NaN, as in the real stores."""
+    ds = _skeleton(families, sparsities, clips, q_stars, widths, nets, depth, attrs or {})
+    results = Results(ds)
+    rng = np.random.default_rng(seed)
+    for cell in results.cells():
+        values = theory_sample(cell, depth, ds.attrs["c0"], rng)
+        values["log_gain"][:, 0] = np.nan
+        values["escape_layer"] = np.full(nets, -1)
+        if perturb is not None:
+            perturb(cell, values, rng)
+        for net, layer in enumerate(values["escape_layer"]):
+            if layer >= 0:
+                for name in ("q", "zero_frac", "corr", "log_gain"):
+                    values[name][net, layer + 1 :] = np.nan
+        for name, value in values.items():
+            ds[name].loc[cell.key] = value
+    return ds
+
+
+def plant_escapes(times_for: Callable[[Cell, np.random.Generator], np.ndarray]) -> Perturb:
+    """A perturbation that makes unclipped cells escape (upwards) at ``times_for(cell, rng)``
+    (entries > depth mean: never)."""
+
+    def perturb(cell: Cell, values: dict, rng: np.random.Generator) -> None:
+        if cell.act.clipped:
+            return
+        depth = values["q"].shape[1] - 1
+        times = np.asarray(times_for(cell, rng))
+        escaped = times <= depth
+        values["escape_layer"] = np.where(escaped, times, -1)
+        for net in np.flatnonzero(escaped):
+            values["q"][net, times[net]] = 30.0 * cell.q_ref
+
+    return perturb
+
+
+def plant_jumps(n_jump: int, from_layer: int) -> Perturb:
+    """A perturbation for every clipped cell whose GP map has a stable fixed point above q*: from
+    ``from_layer`` on, ``n_jump`` networks sit at that point (its variance and GP sparsity), the
+    others at q* (within 1%), whatever the 1/N theory (invalid so close to the bifurcation) says."""
+
+    def perturb(cell: Cell, values: dict, rng: np.random.Generator) -> None:
+        act = cell.act
+        points = [
+            p.q
+            for p in gp.fixed_points(act, cell.sigma_w2, cell.sigma_b2)
+            if p.kind == "stable" and p.q > 1.5 * cell.q_ref
+        ]
+        if not act.clipped or not points:
+            return
+        values["q"][:n_jump, from_layer:] = points[0]
+        values["zero_frac"][:n_jump, from_layer:] = gp.sparsity(act, points[0])
+        stay = values["q"][n_jump:, from_layer:]
+        stay[:] = cell.q_ref * (1.0 + 0.01 * rng.standard_normal(stay.shape))
+        values["zero_frac"][n_jump:, from_layer:] = cell.target_sparsity
+
+    return perturb
+
+
+# -- the builder itself -------------------------------------------------------------------------
+
+
+def test_synthetic_store_round_trips_through_zarr_and_netcdf(tmp_path):
+    """The synthetic store is a valid results store on disk in both formats, with the same data."""
+    from analysis._store import open_results
+
+    ds = make_store(depth=10, nets=8, widths=(50,))
+    ds.to_zarr(tmp_path / "s.zarr")
+    ds.to_netcdf(tmp_path / "s.nc")
+    for name in ("s.zarr", "s.nc"):
+        results = open_results(tmp_path / name)
+        assert results.eoc and results.depth == 10
+        assert results.param_dims == PARAM_DIMS
+        assert len(list(results.cells())) == 2
+        np.testing.assert_array_equal(results.ds["q"].values, ds["q"].values)
+
+
+def test_planted_escapes_leave_nan_after_the_escape_layer():
+    ds = make_store(
+        depth=20, nets=8, widths=(50,), perturb=plant_escapes(lambda c, r: np.full(8, 5))
+    )
+    unclipped = ds.sel(clip=math.inf).squeeze()
+    assert (unclipped["escape_layer"].values == 5).all()
+    assert np.isnan(unclipped["q"].isel(layer=slice(6, None)).values).all()
+    assert np.isfinite(unclipped["q"].isel(layer=slice(0, 6)).values).all()
+    assert (ds.sel(clip=1.0)["escape_layer"].values == -1).all()
