@@ -134,7 +134,7 @@ def _execute(spec: Spec, run: Run, params: Params, done: np.ndarray, n_workers: 
 
 
 def _next_steps(out: Path) -> None:
-    print(f"next: python -m analysis.figures {out}\n      python -m analysis.report {out}")
+    print(f"next: python -m analysis.report {out}   (figures and report)")
 
 
 def _log(message: str) -> None:
