@@ -38,6 +38,9 @@ def test_closed_forms_match_quadrature(family, a, m, q, sw2):
     )
 
 
+# quad warns that 1e-13 relative is out of reach where the Hermite weight x^4 - 6 q x^2 + 3 q^2
+# cancels; the tolerances below allow for that
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
 @settings(max_examples=60, deadline=None)
 @given(family=families, a=thresholds, m=clips, q=variances)
 def test_slope_and_curvature_by_differentiating_the_gaussian(family, a, m, q):

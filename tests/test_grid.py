@@ -253,7 +253,7 @@ def test_finished_sweep_run_again_does_nothing(reference):
     before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
     run = sweep(*GRID, "--out", reference)
     assert "nothing to do: all 48 cells" in run.stdout
-    assert "python -m analysis.figures" in run.stdout
+    assert "python -m analysis.report" in run.stdout
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
 
 
