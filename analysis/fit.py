@@ -1,6 +1,8 @@
 """Monte Carlo against the GP and its 1/N corrections: per-layer z-scores and one verdict per cell.
 
-For every finished cell and every layer l, over the n_l networks that have not escaped by l:
+For every finished cell and every layer l, over the n_l networks still propagated at l (not escaped
+before l; a network's out-of-band value at its escape layer is included, since the theory predicts
+no such values):
 
     q_mean     z = (mean_n q_hat - [q^l + G1^l/N]) / (sd_pred / sqrt(n_l)),  sd_pred = predicted
                sd of q_hat over networks, sqrt((2 (q^l)^2 + V4^l)/N) (``gp.finite_width``)
@@ -30,8 +32,9 @@ so that one threshold serves all.
 Verdict: the cell agrees with theory when no |z| among the K tests of ``VERDICT_STATS`` over all
 layers exceeds the Sidak threshold z_K = Phi^{-1}(1 - p_K / 2), p_K = 1 - (1 - alpha)^{1/K}, at
 family-wise level alpha = ``ALPHA`` (1%). The tests at neighbouring layers are positively
-correlated, so this is conservative. Otherwise the first failing layer and statistic are
-reported.
+correlated, so this is conservative. A layer where no network is left to test (all escaped)
+fails too, as "untested": the GP predicts no escapes. Otherwise the first failing layer and
+statistic are reported.
 
 Only clipped activations inside their window are expected to pass: an unclipped one drifts upward
 as l^2/N and escapes (SCIENCE.md section 5), so its failure layer says where the 1/N theory breaks.
@@ -200,6 +203,12 @@ def verdict(comparison: xr.Dataset, alpha: float = ALPHA) -> dict:
         layer = _first_exceedance(z, threshold)
         if stat in VERDICT_STATS and layer < first_layer:
             first_layer, first_stat = layer, stat
+    tested = np.isfinite(comparison["z_q_mean"])
+    if "input" in tested.dims:
+        tested = tested.any("input")
+    untested = comparison["layer"].values[~tested.values]
+    if untested.size and untested[0] < first_layer:
+        first_layer, first_stat = float(untested[0]), "untested"
     deviation = np.abs(comparison["corr_mc_mean"] - comparison["corr"])
     row["corr_max_dev"] = float(deviation.max()) if np.isfinite(deviation).any() else math.nan
     row["agrees"] = math.isinf(first_layer) and finite > 0

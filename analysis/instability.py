@@ -155,9 +155,10 @@ def width_law(
     Returns (points, fits): ``points`` has one row per unclipped cell (its group label, median
     escape depth with its KM interval, onset layer l_pt); ``fits`` one row per group plus a
     ``pooled`` row, with beta, the group's intercept ln A, its 95% bootstrap interval, the fraction of bootstrap replicates that could be fitted, and the
-    theory exponent fitted to l_pt over the same widths.
+    theory exponent fitted to l_pt over the same widths. Edge-of-Chaos stores only (off it an
+    escape is the ordered or chaotic phase, not the instability): empty otherwise.
     """
-    if "clip" not in results.ds.dims or not np.isinf(results.ds["clip"].values).any():
+    if not results.eoc or not np.isinf(results.ds["clip"].values).any():
         return pd.DataFrame(), pd.DataFrame()
     rows, samples = [], []
     for cell in results.cells(clip=math.inf):
@@ -265,7 +266,10 @@ def network_fates(cell: Cell, depth: int) -> pd.DataFrame:
 
 def stability_table(results: Results) -> pd.DataFrame:
     """One row per finished cell: fraction of networks staying at q*, mean final zero fraction of
-    the networks that did not escape, and whether the cell is in the Monte Carlo window."""
+    the networks that did not escape, and whether the cell is in the Monte Carlo window.
+    Edge-of-Chaos stores only (off it there is no q*): empty otherwise."""
+    if not results.eoc:
+        return pd.DataFrame()
     rows = []
     for cell in results.cells():
         fates = network_fates(cell, results.depth)
@@ -335,7 +339,10 @@ def clip_window(results: Results) -> pd.DataFrame:
 
 def jump_table(results: Results) -> pd.DataFrame:
     """Clipped cells whose GP map has a stable fixed point above q*: networks per fate, and the
-    upper cluster's mean final variance and zero fraction against the GP fixed point."""
+    upper cluster's mean final variance and zero fraction against the GP fixed point.
+    Edge-of-Chaos stores only: empty otherwise."""
+    if not results.eoc:
+        return pd.DataFrame()
     rows = []
     for cell in results.cells():
         if not cell.act.clipped:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
 import shutil
 import subprocess
 import sys
@@ -50,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         spec, run = parse(argv)
-        params = resolve(spec)
         done = _existing(spec, run)
         creating = done is None
         if creating:
             done = np.zeros(spec.cell_shape, dtype=bool)
         n_todo = int(done.size - np.count_nonzero(done))
-        _check_resources(spec, run, n_todo, creating)
+        _check_resources(spec, run, n_todo, creating)  # before resolve: a huge grid fails at once
+        params = resolve(spec)
         if not n_todo:
             print(f"simulate.grid: nothing to do: all {done.size} cells of {run.out} are done")
             _next_steps(run.out)
@@ -263,6 +264,9 @@ def _check_resources(spec: Spec, run: Run, n_todo: int, creating: bool) -> None:
     floats per net and unit; dense: two N x N weight matrices besides)."""
     need_disk = store.nbytes(spec) if creating else store.cell_nbytes(spec) * n_todo
     root = next(p for p in (run.out.absolute(), *run.out.absolute().parents) if p.exists())
+    writable = root.is_dir() and os.access(root, os.W_OK)
+    if not writable or (root == run.out.absolute() and not os.access(root.parent, os.W_OK)):
+        raise SpecError(f"out={run.out}: {root} is not a writable directory; choose another --out")
     free = shutil.disk_usage(root).free
     if need_disk > free:
         raise SpecError(

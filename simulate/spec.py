@@ -68,10 +68,18 @@ def _number(token) -> float:
 
 
 def _integer(token) -> int:
-    value = _number(token)
-    if not value.is_integer():
+    """An exact integer (seeds beyond 2**53 must not round through float); "1e3" is accepted."""
+    if isinstance(token, bool):
         raise ValueError(token)
-    return int(value)
+    if isinstance(token, int):
+        return token
+    try:
+        return int(str(token).strip())
+    except ValueError:
+        value = _number(token)
+        if not value.is_integer():
+            raise
+        return int(value)
 
 
 def _text(token) -> str:
@@ -89,6 +97,9 @@ def _flag(token) -> bool:
 def _q0(token) -> float | str:
     return "q_star" if token == "q_star" else _number(token)
 
+
+VARIANCE_RANGE = (1e-30, 1e30)
+"""Input and fixed-point variances a store can hold: float32 trajectories, with the escape band."""
 
 _FIELDS = (
     _Field(
@@ -126,8 +137,8 @@ _FIELDS = (
     _Field(
         "q_star",
         _number,
-        lambda q: math.isfinite(q) and q > 0,
-        "finite and > 0",
+        lambda q: VARIANCE_RANGE[0] <= q <= VARIANCE_RANGE[1],
+        "in [1e-30, 1e30] (trajectories are stored as float32)",
         "fixed-point variances q* of the EoC",
         grid=True,
     ),
@@ -153,8 +164,8 @@ _FIELDS = (
     _Field(
         "q0",
         _q0,
-        lambda q: q == "q_star" or (math.isfinite(q) and q > 0),
-        "finite and > 0, or q_star",
+        lambda q: q == "q_star" or VARIANCE_RANGE[0] <= q <= VARIANCE_RANGE[1],
+        "in [1e-30, 1e30] (trajectories are stored as float32), or q_star",
         "input variance; default q_star on the EoC, 1 off it",
     ),
     _Field("c0", _number, lambda c: -1 <= c <= 1, "in [-1, 1]", "correlation of the two inputs"),
@@ -165,7 +176,13 @@ _FIELDS = (
         f"one of {', '.join(ENGINES)}",
         "Monte Carlo engine",
     ),
-    _Field("seed", _integer, lambda s: s >= 0, "an integer >= 0", "root seed of the sweep"),
+    _Field(
+        "seed",
+        _integer,
+        lambda s: 0 <= s < 2**63,
+        "an integer in [0, 2**63) (a TOML integer)",
+        "root seed of the sweep",
+    ),
     _Field(
         "escape_factor",
         _number,
@@ -481,7 +498,27 @@ def _merge(file: dict, flags: dict) -> dict[str, Any]:
         skip |= {"sparsity", "q_star"}
     values |= {k: _value(_BY_NAME[k], token) for k, token in DEFAULTS.items() if k not in skip}
     values.setdefault("q0", "q_star" if eoc else 1.0)
+    _check_band(values, eoc)
     return values
+
+
+def _check_band(values: dict, eoc: bool) -> None:
+    """The escape band [q_ref / f, f q_ref] must hold the inputs (q0, else every network escapes at
+    layer 0) and stay far from overflow (f q_ref <= 1e100, the engines' limit)."""
+    f, q0 = values["escape_factor"], values["q0"]
+    refs = values["q_star"] if eoc else [q0]
+    if f * max(refs) > 1e100:
+        raise SpecError(
+            f"escape_factor={_show(f)}: escape_factor * q_ref must be <= 1e100 "
+            f"(q_ref up to {_show(max(refs))})"
+        )
+    if eoc and q0 != "q_star":
+        outside = [q for q in refs if not q / f <= q0 <= q * f]
+        if outside:
+            raise SpecError(
+                f"q0={_show(q0)}: must lie inside the escape band [q*/{_show(f)}, {_show(f)} q*] "
+                f"of every q* (not of q*={_show(outside[0])})"
+            )
 
 
 def _spec(values: dict) -> Spec:
@@ -591,8 +628,8 @@ def _show(value) -> str:
     """A value as a user would write it: 0.5, inf, crelu, [1, 2]."""
     if isinstance(value, np.ndarray):
         value = value.tolist()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    if isinstance(value, float):  # the shortest text that reads back as the same float
+        return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
     if isinstance(value, (list, tuple)):
         return ",".join(_show(v) for v in value)
     return str(value)

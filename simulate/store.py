@@ -25,6 +25,7 @@ kill at any instant leaves every cell either done with its right values or not d
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -136,7 +137,7 @@ def nbytes(spec: Spec) -> int:
 def _count(spec: Spec, dims: tuple[str, ...]) -> int:
     """Number of values along the trailing dimensions ``dims`` of a variable."""
     lengths = {"net": spec.nets, "layer": spec.depth + 1, "input": 2}
-    return int(np.prod([lengths[d] for d in dims]))
+    return math.prod(lengths[d] for d in dims)
 
 
 def create(path: Path, spec: Spec, params: dict[str, np.ndarray], attrs: dict) -> None:
@@ -191,9 +192,13 @@ def create(path: Path, spec: Spec, params: dict[str, np.ndarray], attrs: dict) -
                 attributes=_attrs(name),
             )
         zarr.consolidate_metadata(scratch)
-    if path.exists():
-        shutil.rmtree(path)
-    scratch.rename(path)
+    if path.exists():  # swap, then delete: a kill at any point never leaves the old store half gone
+        replaced = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+        path.rename(replaced)
+        scratch.rename(path)
+        shutil.rmtree(replaced)
+    else:
+        scratch.rename(path)
 
 
 def _attrs(name: str) -> dict[str, str]:

@@ -164,6 +164,20 @@ def test_fit_flags_a_planted_mean_shift_at_its_layer(name, stat):
     assert table.loc[(1.0, 1000), "agrees"]
 
 
+def test_layers_left_untested_fail_the_verdict():
+    """Every network of the clipped cell stops at layer 10 (in band): layers 0-10 agree, and
+    layer 11, where nothing is left to test, fails the verdict as "untested"."""
+
+    def stop_at_10(cell, values, rng):
+        if cell.act.clipped:
+            values["escape_layer"][:] = 10
+
+    table = fit.fit_table(Results(make_store(clips=(1.0,), widths=(1000,), perturb=stop_at_10)))
+    row = table.iloc[0]
+    assert not row["agrees"]
+    assert (row["first_fail_layer"], row["first_fail_stat"]) == (11, "untested")
+
+
 def test_fit_flags_a_planted_excess_spread():
     """Deviations from the mean doubled from layer 10 on: the spread test fails there."""
 

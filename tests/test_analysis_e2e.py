@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis import fit
+from analysis import fit, instability
 from analysis._store import open_results
 from analysis.report import TABLES
 
@@ -80,6 +80,10 @@ def test_off_eoc_sweep_gets_the_sigma_diagram(tmp_path):
     assert "sigma_phase.png" in (tmp_path / "r" / "report.md").read_text()
     assert (tmp_path / "r" / "figures" / "sigma_phase.png").stat().st_size > 1000
     assert run.returncode == 0
+    # off the EoC there is no q* to stay at, upper fixed point or instability width law
+    results = open_results(store)
+    assert instability.stability_table(results).empty and instability.jump_table(results).empty
+    assert all(table.empty for table in instability.width_law(results))
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path):

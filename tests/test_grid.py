@@ -285,6 +285,7 @@ def test_different_spec_is_refused_unless_overwrite(reference, tmp_path):
     assert (
         replaced.sizes["layer"] == 4 and replaced.cell_done.all() and "q_star" not in replaced.dims
     )
+    assert [p.name for p in tmp_path.iterdir()] == ["over.zarr"]  # the old store is gone, whole
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,6 +325,13 @@ BAD = {
     "flag": (["--bogus"], "unrecognized arguments: --bogus"),
     "disk": (["--nets", "100000", "--depth", "100000"], ": the store needs up to"),
     "memory": (["--width", "1000000000"], "width=1000000000: the cells in flight need about"),
+    "huge grid, at once": (["--sparsity", "0.6:0.9:2000", "--clip", "log:0.1:10:2000"],
+                           ": the store needs up to"),
+    "q0 outside the band": (["--q0", "0.05"], "q0=0.05: must lie inside the escape band"),
+    "band overflow": (["--escape-factor", "1e99", "--q-star", "100"],
+                      "escape_factor=1e+99: escape_factor * q_ref must be <= 1e100"),
+    "float32 range": (["--q-star", "1e-320"], "q_star=1e-320: must be in [1e-30, 1e30]"),
+    "seed range": (["--seed", "9223372036854775808"], "seed=9223372036854775808: must be an"),
 }  # fmt: skip
 
 
@@ -352,6 +360,18 @@ def test_bad_toml_is_refused(text, message, tmp_path, capsys):
     assert grid.main([str(path), "--out", str(tmp_path / "x.zarr")]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_unwritable_out_is_refused(capsys):
+    assert grid.main([*GRID, "--out", "/dev/null/x.zarr"]) == 2
+    assert "out=/dev/null/x.zarr: /dev/null is not a writable directory" in capsys.readouterr().err
+
+
+def test_large_seeds_stay_exact():
+    """Seeds beyond 2**53 must not round through float (two sweeps would look the same)."""
+    spec, _ = parse(["--seed", "9007199254740993"])
+    assert spec.seed == 9007199254740993
+    assert Spec.from_toml(spec.to_toml()).seed == 9007199254740993
 
 
 def test_a_path_that_is_not_a_store_is_never_replaced(tmp_path, capsys):
