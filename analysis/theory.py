@@ -24,7 +24,6 @@ from functools import lru_cache
 
 import numpy as np
 import xarray as xr
-from scipy.special import ndtr
 
 from simulate import gp
 from simulate.activations import Activation
@@ -42,7 +41,7 @@ def sparsity_derivatives(act: Activation, q):
     kappa = 1.0 if act.family == "crelu" else 2.0
     a = act.tau / np.sqrt(q)
     density = np.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
-    s = ndtr(a) if act.family == "crelu" else 2.0 * ndtr(a) - 1.0
+    s = gp.sparsity(act, q)
     first = -kappa * a * density / (2.0 * q)
     second = kappa * a * density * (3.0 - a * a) / (4.0 * q * q)
     return s, first, second
