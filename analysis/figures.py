@@ -177,17 +177,11 @@ def fig_variance_maps(results: Results, out: Path) -> list[Path]:
 
 
 def _fixed_points(act: Activation, eoc, q_star: float) -> list:
-    """The GP fixed points, with q* added as marginal (unclipped) or stable if the root finder
-    merged it with a neighbour."""
+    """The GP fixed points; for a map with V(q) = q everywhere (ReLU), q* marked marginal."""
     try:
-        points = gp.fixed_points(act, eoc.sigma_w2, eoc.sigma_b2)
+        return gp.fixed_points(act, eoc.sigma_w2, eoc.sigma_b2)
     except ValueError:
-        points = []
-    if not any(abs(math.log(p.q / q_star)) < 1e-3 for p in points):
-        slope = float(gp.variance_slope(act, q_star, eoc.sigma_w2))
-        kind = "stable" if slope < 1 - 1e-6 else "marginal"
-        points.append(gp.FixedPoint(q_star, slope, kind))
-    return points
+        return [gp.FixedPoint(q_star, 1.0, "marginal")]
 
 
 # -- Monte Carlo through depth ------------------------------------------------------------------

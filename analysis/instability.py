@@ -219,17 +219,15 @@ def _fit_row(points: pd.DataFrame, x, codes, boot, pooled: bool) -> dict:
 def stable_fixed_points(
     family: str, tau: float, m: float, sigma_w2: float, sigma_b2: float, q_ref: float
 ) -> tuple[float, ...]:
-    """Sorted attracting (stable or one-sided) fixed points of V, always including ``q_ref``
-    (the root finder can merge q* with an unstable root a hair above it)."""
+    """Sorted attracting (stable or one-sided) fixed points of V on the Edge of Chaos, the one at
+    q* snapped to exactly ``q_ref`` (fates compare against it); just (q_ref,) when every q is fixed."""
     act = Activation(family, tau, m)
     try:
-        with np.errstate(over="ignore", invalid="ignore"):  # GP series far below q*, unused
-            found = gp.fixed_points(act, sigma_w2, sigma_b2)
-    except ValueError:  # V(q) = q identically: every q is fixed, q_ref is as good as any
-        found = []
+        found = gp.fixed_points(act, sigma_w2, sigma_b2)
+    except ValueError:  # V(q) = q identically (ReLU at the EoC): q_ref is as good as any
+        return (q_ref,)
     points = [p.q for p in found if p.kind != "unstable"]
-    points = [q for q in points if abs(math.log(q / q_ref)) > 1e-3]
-    return tuple(sorted([*points, q_ref]))
+    return tuple(sorted(q_ref if abs(math.log(q / q_ref)) <= 1e-3 else q for q in points))
 
 
 def network_fates(cell: Cell, depth: int) -> pd.DataFrame:
