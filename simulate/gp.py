@@ -1,12 +1,30 @@
-"""Infinite-width (Gaussian-process) theory of CReLU / CST networks, and its 1/N corrections.
+"""Infinite-width (Gaussian-process) theory of networks with any continuous piecewise-linear
+activation, and its 1/N corrections. The derivations are in docs/theory.md.
 
-Notation (SCIENCE.md sections 2-5): z ~ N(0, 1), Phi / n the standard normal CDF / density,
-a = tau / sqrt(q), b = (tau + m) / sqrt(q), kappa = 1 for CReLU and 2 for CST (CST is an odd copy of
-CReLU, so every even moment and every phi' moment doubles).
+Notation: z ~ N(0, 1), Phi / n the standard normal CDF / density, x = sqrt(q) z a pre-activation of
+variance q. The activation (``simulate.activations.Activation``) is split into pieces [lo, hi) on which
 
-All closed-form functions broadcast over ``q`` and over array-valued ``act.tau`` / ``act.m`` /
-``sigma_w2`` / ``sigma_b2`` with numpy rules. ``m = inf`` is handled exactly (b = inf), never as a big
-number in a formula that multiplies it by zero.
+    phi(x) = y + s (x - x_a),     x_a in {lo, hi} the anchor, y = phi(x_a), s the slope,
+
+so that in z units, with alpha = lo / sqrt(q), beta = hi / sqrt(q), zeta = x_a / sqrt(q) and
+w = z - zeta, phi = y + s sqrt(q) w. Every Gaussian expectation of the maps is then a sum over pieces
+of truncated moments
+
+    E[w^k 1{alpha < z < beta}] = P_k(alpha, beta)               anchored at the lower end,
+                               = (-1)^k P_k(-beta, -alpha)       anchored at the upper end,
+
+with P_k(a, b) = int_a^b (z - a)^k n(z) dz (``_truncated_power_moment``), plus, for V' and V'', the
+Dirac deltas of phi'' at the knots: phi'' = sum_j (s_j+ - s_j-) delta(x - k_j).
+
+Two numerical conventions keep the closed forms exact to rounding:
+- z-bounds are clamped to +-``_Z_INF`` (1e3): n(1e3) = Phi(-1e3) = 0 exactly in float64, so an infinite
+  bound and any finite one beyond it give the same, and no inf * 0 arises;
+- sums over pieces (and knots) are taken in mirror pairs from the outside in (``_mirror_sum``), so
+  that an odd or even activation gives exactly twice its half-line value: the result is then the same
+  to the last bit whichever way a symmetric shape is described.
+
+All closed-form functions broadcast over ``q`` and over a batch of activations (array-valued tau or m
+of a named family) with numpy rules.
 """
 
 from __future__ import annotations
@@ -24,33 +42,75 @@ from scipy.special import binom, erf, ndtr
 from simulate.activations import Activation
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_B_INF = 1e3
-"""Stand-in for b = +inf: n(1e3) == 0 and ndtr(-1e3) == 0 exactly in float64, and 1e3**k * 0 == 0."""
+_Z_INF = 1e3
+"""Stand-in for an infinite z-bound: n(1e3) == 0 and ndtr(-1e3) == 0 exactly in float64."""
 
 
 def _npdf(z):
     return _INV_SQRT_2PI * np.exp(-0.5 * np.square(z))
 
 
-def _kappa(act: Activation) -> float:
-    return 1.0 if act.family == "crelu" else 2.0
+def _mirror_sum(terms):
+    """terms[0] + terms[-1], then + (terms[1] + terms[-2]), ..., the middle one (if any) last.
+
+    For a symmetric activation mirror pieces give equal terms, and t + t = 2t exactly, so the sum is
+    exactly twice the half-line sum (see the module docstring)."""
+    n = len(terms)
+    total = 0.0
+    for i in range(n // 2):
+        total = total + (terms[i] + terms[n - 1 - i])
+    return total + terms[n // 2] if n % 2 else total
 
 
-def _edges(act: Activation, q):
-    """(a, b, m_finite, sqrt_q) with b = _B_INF and m_finite = 0 where m = inf."""
-    q = np.asarray(q, dtype=float)
-    sqrt_q = np.sqrt(q)
-    m = np.asarray(act.m, dtype=float)
-    finite = np.isfinite(m)
-    m_finite = np.where(finite, m, 0.0)
-    a = act.tau / sqrt_q
-    b = np.where(finite, (act.tau + m_finite) / sqrt_q, _B_INF)
-    return a, b, m_finite, sqrt_q
+def _last_axis(values):
+    """The last axis (pieces or knots) as a list, for ``_mirror_sum``."""
+    return [values[..., i] for i in range(values.shape[-1])]
 
 
-def _pass_probability(a, b):
-    """P(a < z < b) = Phi(b) - Phi(a), written with upper tails (a >= 0) to avoid cancellation."""
-    return ndtr(-a) - ndtr(-b)
+def _times(coefficient, moment):
+    """coefficient * moment, 0 where the moment is 0 (a piece beyond the float64 range of the
+    Gaussian, where the coefficient may have overflowed: inf * 0 must count as 0)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(moment == 0.0, 0.0, coefficient * moment)
+
+
+@dataclass(frozen=True)
+class _ZPieces:
+    """The pieces of ``act`` at variance q in z units (arrays ..., P): bounds alpha, beta, anchor
+    zeta, value y and slope s; ``upper`` marks pieces anchored at their upper end."""
+
+    alpha: np.ndarray
+    beta: np.ndarray
+    upper: np.ndarray
+    y: np.ndarray
+    s: np.ndarray
+    sqrt_q: np.ndarray
+
+    @classmethod
+    def of(cls, act: Activation, q):
+        sqrt_q = np.sqrt(np.asarray(q, dtype=float))[..., None]
+        p = act.pieces
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alpha = np.clip(p.lo / sqrt_q, -_Z_INF, _Z_INF)
+            beta = np.clip(p.hi / sqrt_q, -_Z_INF, _Z_INF)
+        return cls(alpha, beta, p.anchor_x == p.hi, p.anchor_y, p.slope, sqrt_q)
+
+    def probability(self):
+        """P(alpha < z < beta) per piece, from the tail that avoids cancellation."""
+        a, b = self.alpha, self.beta
+        return np.select(
+            [a <= -_Z_INF, b >= _Z_INF, a >= 0.0, b <= 0.0],
+            [ndtr(b), ndtr(-a), ndtr(-a) - ndtr(-b), ndtr(b) - ndtr(a)],
+            0.5 * (erf(b / math.sqrt(2.0)) - erf(a / math.sqrt(2.0))),
+        )
+
+    def anchored_moment(self, k: int):
+        """E[w^k 1{piece}], w = z - zeta (module docstring); k = 0 is ``probability``."""
+        if k == 0:
+            return self.probability()
+        lower = _truncated_power_moment(self.alpha, self.beta, k)
+        upper = (-1) ** k * _truncated_power_moment(-self.beta, -self.alpha, k)
+        return np.where(self.upper, upper, lower)
 
 
 _SERIES_WIDTH = 2.0
@@ -66,7 +126,7 @@ def _raw_power_moments(a, b, p: int):
     Exact, but the sum cancels as a grows or as b - a shrinks.
     """
     na, nb = _npdf(a), _npdf(b)
-    moments = [_pass_probability(a, b), na - nb]
+    moments = [ndtr(-a) - ndtr(-b), na - nb]
     for k in range(2, p + 1):
         moments.append((k - 1) * moments[k - 2] + a ** (k - 1) * na - b ** (k - 1) * nb)
     return [
@@ -109,17 +169,24 @@ def _truncated_power_moment(a, b, p: int):
 
 
 def activation_moment(act: Activation, q, p: int = 2):
-    """E[phi(sqrt(q) z)^p] for even p, in closed form:
+    """E[phi(sqrt(q) z)^p], p >= 0 an integer, in closed form: on each piece
+    phi^p = sum_k binom(p, k) y^{p-k} (s sqrt(q))^k w^k, so
 
-        CReLU:  q^{p/2} int_a^b (z - a)^p n(z) dz + m^p (1 - Phi(b));   CST: twice that.
+        E[phi^p] = sum_pieces sum_k binom(p, k) y^{p-k} (s sqrt(q))^k E[w^k 1{piece}].
 
-    For p = 2 this is q [(1 + a^2)(Phi(b) - Phi(a)) - a n(a) + (2a - b) n(b)] + m^2 (1 - Phi(b)).
+    For CReLU_{tau,m} and p = 2 this is q P_2(a, b) + m^2 (1 - Phi(b)), a = tau / sqrt(q),
+    b = (tau + m) / sqrt(q), i.e. q [(1 + a^2)(Phi(b) - Phi(a)) - a n(a) + (2a - b) n(b)] + m^2 (1 - Phi(b)).
     """
-    if p % 2:
-        raise ValueError(f"p={p!r}: must be an even integer (odd moments of CST vanish)")
-    a, b, m_finite, sqrt_q = _edges(act, q)
-    inner = sqrt_q**p * _truncated_power_moment(a, b, p) + m_finite**p * ndtr(-b)
-    return _kappa(act) * inner
+    if not isinstance(p, int) or p < 0:
+        raise ValueError(f"p={p!r}: must be an integer >= 0")
+    z = _ZPieces.of(act, q)
+    rise = z.s * z.sqrt_q
+    with np.errstate(over="ignore"):  # y^p of a clip level beyond reach: its moment is 0
+        per_piece = sum(
+            _times(binom(p, k) * z.y ** (p - k) * rise**k, z.anchored_moment(k))
+            for k in range(p + 1)
+        )
+    return _mirror_sum(_last_axis(per_piece))
 
 
 def variance_map(act: Activation, q, sigma_w2, sigma_b2):
@@ -127,40 +194,71 @@ def variance_map(act: Activation, q, sigma_w2, sigma_b2):
     return sigma_w2 * activation_moment(act, q, 2) + sigma_b2
 
 
+def _slope_moment(act: Activation, q):
+    """E[phi'(sqrt(q) z)^2] = sum_pieces s^2 P(piece)."""
+    z = _ZPieces.of(act, q)
+    return _mirror_sum(_last_axis(z.s**2 * z.probability()))
+
+
 def chi1(act: Activation, q, sigma_w2):
-    """chi_1(q) = sigma_w^2 E[phi'(sqrt(q) z)^2] = kappa sigma_w^2 (Phi(b) - Phi(a))."""
-    a, b, _, _ = _edges(act, q)
-    return sigma_w2 * _kappa(act) * _pass_probability(a, b)
+    """chi_1(q) = sigma_w^2 E[phi'(sqrt(q) z)^2] = sigma_w^2 sum_pieces s^2 P(piece)."""
+    return sigma_w2 * _slope_moment(act, q)
+
+
+def _knot_terms(act: Activation, q):
+    """Per knot k_j (arrays ..., K): the slope jump d_j = s_j+ - s_j-, y_j = phi(k_j), kappa_j =
+    k_j / sqrt(q) (clamped like the piece bounds) and sqrt(q)."""
+    sqrt_q = np.sqrt(np.asarray(q, dtype=float))[..., None]
+    jump = np.diff(act.slopes, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.clip(act.knots / sqrt_q, -_Z_INF, _Z_INF)
+    return jump, act.values, kappa, sqrt_q
 
 
 def variance_slope(act: Activation, q, sigma_w2, sigma_b2=0.0):
-    """V'(q) = chi_1(q) + sigma_w^2 E[phi phi''] = kappa sigma_w^2 [Phi(b) - Phi(a) - (m / sqrt(q)) n(b)].
+    """V'(q) = chi_1(q) + sigma_w^2 E[phi phi''(sqrt(q) z)]
+             = sigma_w^2 [ sum_pieces s^2 P(piece) + sum_knots d_j y_j n(k_j / sqrt q) / sqrt q ].
 
-    Gaussian integration by parts; phi'' has a Dirac delta of weight -1 at the clip kink x = tau + m
-    where phi = m (the kink at tau has phi = 0 and does not count). ``sigma_b2`` does not enter.
+    Gaussian integration by parts (docs/theory.md); phi'' is a sum of Dirac deltas of weight d_j (the
+    slope jump) at the knots, and only knots where phi != 0 count. For CReLU_{tau,m}:
+    sigma_w^2 [Phi(b) - Phi(a) - (m / sqrt q) n(b)]. ``sigma_b2`` does not enter.
     """
-    a, b, m_finite, sqrt_q = _edges(act, q)
-    return sigma_w2 * _kappa(act) * (_pass_probability(a, b) - m_finite / sqrt_q * _npdf(b))
+    jump, y, kappa, sqrt_q = _knot_terms(act, q)
+    knots = _times(jump * y / sqrt_q, _npdf(kappa))
+    return sigma_w2 * (_slope_moment(act, q) + _mirror_sum(_last_axis(knots)))
 
 
 def variance_curvature(act: Activation, q, sigma_w2, sigma_b2=0.0):
-    """V''(q) = kappa sigma_w^2 [ (a n(a) - b n(b)) / (2q) - m n(b) (b^2 - 1) / (2 q^{3/2}) ].
+    """V''(q) = sigma_w^2 [ sum_pieces s^2 (alpha n(alpha) - beta n(beta)) / (2q)
+                           + sum_knots d_j y_j n(kappa_j) (kappa_j^2 - 1) / (2 q^{3/2}) ],
 
-    The q-derivative of ``variance_slope`` (da/dq = -a / 2q, db/dq = -b / 2q, n'(b) = -b n(b)).
-    For m = inf it is kappa sigma_w^2 a n(a) / 2q > 0 whenever tau > 0.
+    the q-derivative of ``variance_slope`` (d alpha / dq = -alpha / 2q, n'(z) = -z n(z)).
+    For ReLU_tau and ST_tau it is sigma_w^2 a n(a) / 2q (times 2 for ST) > 0 whenever tau > 0.
     """
-    a, b, m_finite, sqrt_q = _edges(act, q)
-    q = sqrt_q**2
-    nb = _npdf(b)
-    pass_part = (a * _npdf(a) - b * nb) / (2.0 * q)
-    clip_part = m_finite * nb * (b**2 - 1.0) / (2.0 * q * sqrt_q)
-    return sigma_w2 * _kappa(act) * (pass_part - clip_part)
+    z = _ZPieces.of(act, q)
+    q_col = z.sqrt_q**2
+    pieces = z.s**2 * (z.alpha * _npdf(z.alpha) - z.beta * _npdf(z.beta)) / (2.0 * q_col)
+    jump, y, kappa, sqrt_q = _knot_terms(act, q)
+    nk = _npdf(kappa)
+    knots = _times(jump * y * (kappa**2 - 1.0) / (2.0 * q_col * sqrt_q), nk)
+    return sigma_w2 * (_mirror_sum(_last_axis(pieces)) + _mirror_sum(_last_axis(knots)))
 
 
 def sparsity(act: Activation, q):
-    """GP fraction of exact zeros at variance q: Phi(a) (CReLU), 2 Phi(a) - 1 = erf(a / sqrt 2) (CST)."""
-    a, _, _, _ = _edges(act, q)
-    return ndtr(a) if act.family == "crelu" else erf(a / math.sqrt(2.0))
+    """GP fraction of exact zeros at variance q: the probability of the pieces where phi = 0
+    (slope 0 and value 0). CReLU: Phi(a); CST: 2 Phi(a) - 1 = erf(a / sqrt 2)."""
+    z = _ZPieces.of(act, q)
+    zero = (z.s == 0.0) & (z.y == 0.0)
+    return _mirror_sum(_last_axis(np.where(zero, z.probability(), 0.0)))
+
+
+def gradient_fraction(act: Activation, q):
+    """P(phi' != 0) / P(phi != 0) at variance q: the fraction of active units that pass gradient
+    (1 for unclipped shifted ReLU; small when most active units sit on a clipped piece)."""
+    z = _ZPieces.of(act, q)
+    prob = z.probability()
+    sloped = _mirror_sum(_last_axis(np.where(z.s != 0.0, prob, 0.0)))
+    return sloped / (1.0 - sparsity(act, q))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,9 +276,10 @@ class EdgeOfChaos:
 def edge_of_chaos(act: Activation, q_star) -> EdgeOfChaos:
     """sigma_w^2 = 1 / E[phi'(sqrt(q*) z)^2],  sigma_b^2 = q* - sigma_w^2 E[phi(sqrt(q*) z)^2].
 
-    Raises ValueError when no unit passes gradient at q* (tau too large) or when sigma_b^2 < 0.
+    Raises ValueError when no unit passes gradient at q* (tau too large, or phi flat) or when
+    sigma_b^2 < 0, which happens for shapes whose E[phi^2] exceeds q* E[phi'^2] (e.g. a constant offset).
     (For CReLU / CST, sigma_b^2 >= 0 always: with tau = 0 it reduces to the Mills-ratio inequality
-    b (1 - Phi(b)) <= n(b); the check guards the general path.)
+    b (1 - Phi(b)) <= n(b).)
     """
     q_star = np.asarray(q_star, dtype=float)
     if np.any(~np.isfinite(q_star) | (q_star <= 0)):
@@ -188,7 +287,7 @@ def edge_of_chaos(act: Activation, q_star) -> EdgeOfChaos:
     passing = chi1(act, q_star, 1.0)
     if np.any(passing <= 0):
         raise ValueError(
-            f"{act.family}: no unit passes gradient at q*={q_star} (tau/sqrt(q*) too large), "
+            f"{act.name}: no unit passes gradient at q*={q_star} (phi' = 0 almost surely), "
             "so chi_1 = 1 cannot be reached"
         )
     sigma_w2 = 1.0 / passing
@@ -214,11 +313,28 @@ class FixedPoint:
     kind: str
 
 
-def _default_q_max(act: Activation, sigma_w2, sigma_b2) -> float:
-    """V <= sigma_w^2 m^2 + sigma_b^2 when clipped; unclipped, look up to 1e4 times the bias scale."""
-    if act.clipped:
-        return 1.01 * (sigma_w2 * act.m**2 + sigma_b2)
-    return 1e4 * max(sigma_b2, 1.0)
+def _bound_of_v(act: Activation, sigma_w2, sigma_b2) -> float:
+    """sup_q V(q) = sigma_w^2 max_j y_j^2 + sigma_b^2 for a bounded phi (outer slopes 0: |phi| peaks
+    at a knot); inf otherwise."""
+    if not act.clipped:
+        return math.inf
+    return float(sigma_w2 * np.max(act.values**2) + sigma_b2)
+
+
+def _search_range(act: Activation, sigma_w2, sigma_b2) -> tuple[float, float]:
+    """(q_min, q_max) for the fixed-point search, from the scales of the problem, so that it works
+    at any q* (1e-6 or 1e4 alike): q_max = 1.01 sup V for a bounded phi, else 1e4 times the largest
+    of sigma_b^2 and the squared knots; q_min = 1e-4 times the smallest nonzero of sigma_b^2, the
+    squared knots and the squared values (and at most 1e-8 q_max)."""
+    squares = np.concatenate([[sigma_b2], act.knots**2, act.values**2])
+    scales = squares[squares > 0]
+    bound = _bound_of_v(act, sigma_w2, sigma_b2)
+    if math.isfinite(bound):
+        q_max = 1.01 * bound
+    else:
+        q_max = 1e4 * float(np.max(scales, initial=1.0))
+    q_min = min(1e-8 * q_max, 1e-4 * float(np.min(scales, initial=q_max)))
+    return q_min, q_max
 
 
 def _sign_change_roots(f, grid, values):
@@ -244,11 +360,11 @@ def fixed_points(
     close they are (as just past a saddle-node). Each piece with a sign change holds one transversal
     root (brentq); an extremum with |F| <= 1e-9 q is a tangent root (F touches 0 without crossing,
     as for ReLU_tau at the EoC). Roots closer than a relative 1e-6 are merged.
-    Default q_max: ``_default_q_max``.
+    The search runs over ``_search_range`` (q_max, if given, replaces its upper end).
     """
-    if q_max is None:
-        q_max = _default_q_max(act, sigma_w2, sigma_b2)
-    grid = np.geomspace(q_max * 1e-8, q_max, 4001)
+    q_min, default_max = _search_range(act, sigma_w2, sigma_b2)
+    q_max = default_max if q_max is None else q_max
+    grid = np.geomspace(min(q_min, 1e-8 * q_max), q_max, 4001)
     if np.all(np.abs(variance_map(act, grid, sigma_w2, sigma_b2) - grid) <= 1e-10 * grid):
         raise ValueError(
             f"{act.label()} with sigma_w2={sigma_w2}, sigma_b2={sigma_b2}: V(q) = q on the whole "
@@ -293,20 +409,21 @@ def iterate_variance(act: Activation, q0, sigma_w2, sigma_b2, depth: int) -> np.
     return np.stack(np.broadcast_arrays(*out))
 
 
-def _secant_excess(act: Activation, q_star: float, m: float) -> float:
-    """max over q != q* of (V(q) - q) / (q - q*) for the EoC network of the activation with clip m.
+def _secant_excess(at_clip, q_star: float, m: float) -> float:
+    """max over q != q* of (V(q) - q) / (q - q*) for the EoC network of the activation
+    ``at_clip(m)``.
 
     Negative iff q* is the only fixed point: any other fixed point gives 0, and as q -> q* the ratio
     tends to V'(q*) - 1 < 0. The maximum is located on a geometric grid up to the bound
-    sigma_w^2 m^2 + sigma_b^2 on V, then refined by a bounded scalar search.
+    sup V = sigma_w^2 max phi^2 + sigma_b^2, then refined by a bounded scalar search.
     """
-    clipped = Activation(act.family, act.tau, m)
-    eoc = edge_of_chaos(clipped, q_star)
+    act = at_clip(m)
+    eoc = edge_of_chaos(act, q_star)
 
     def ratio(q):
-        return (variance_map(clipped, q, eoc.sigma_w2, eoc.sigma_b2) - q) / (q - q_star)
+        return (variance_map(act, q, eoc.sigma_w2, eoc.sigma_b2) - q) / (q - q_star)
 
-    q_hi = 1.01 * (eoc.sigma_w2 * m**2 + eoc.sigma_b2) + 2 * q_star
+    q_hi = 1.01 * _bound_of_v(act, eoc.sigma_w2, eoc.sigma_b2) + 2 * q_star
     grid = np.geomspace(1e-4 * q_star, q_hi, 801)
     grid = grid[np.abs(grid / q_star - 1.0) > 1e-4]
     values = ratio(grid)
@@ -319,18 +436,23 @@ def _secant_excess(act: Activation, q_star: float, m: float) -> float:
 
 
 def max_stable_clip(family: str, sparsity: float, q_star: float = 1.0, *, xtol: float = 1e-8):
-    """The largest clip level m for which q* is the only fixed point of the EoC variance map.
+    """The largest clip level m for which q* is the only fixed point of the EoC variance map of
+    ``Activation.from_sparsity(family, sparsity, q_star, m)``.
 
-    Above it, V grows a pair of extra fixed points above q* (saddle-node bifurcation; SCIENCE.md
-    section 4). Found by a geometric scan in m for a sign change of ``_secant_excess`` and brentq on
-    it to ``xtol`` (absolute, in units of sqrt(q*)). By scale invariance the result is
-    sqrt(q*) times its value at q* = 1.
+    In general: for any family of bounded activations indexed by a clip level m (the EoC solved at q*
+    for each m), the m at which V first grows a second pair of fixed points above q* (a saddle-node
+    bifurcation, docs/theory.md). Below it every network started near q* stays there in the GP limit;
+    above it the map is bistable. Found by a geometric scan in m for a sign change of
+    ``_secant_excess`` and brentq on it to ``xtol`` (absolute, in units of sqrt(q*)).
     """
-    base = Activation.from_sparsity(family, sparsity, q_star)
     root_q = math.sqrt(q_star)
 
     def excess(m):
-        return _secant_excess(base, q_star, m * root_q)
+        return _secant_excess(
+            lambda clip: Activation.from_sparsity(family, sparsity, q_star, clip),
+            q_star,
+            m * root_q,
+        )
 
     lo = 0.25
     if excess(lo) >= 0:
@@ -345,6 +467,28 @@ def max_stable_clip(family: str, sparsity: float, q_star: float = 1.0, *, xtol: 
     return root_q * optimize.brentq(excess, lo, hi, xtol=xtol, rtol=1e-12)
 
 
+MIN_GRADIENT_FRACTION = 0.5
+"""Lower edge of the clip window: at least this fraction of the active units pass gradient."""
+
+
+def min_gradient_clip(family: str, sparsity: float, q_star: float = 1.0) -> float:
+    """The smallest clip level m at which ``gradient_fraction`` at q* reaches 1/2, for
+    ``Activation.from_sparsity(family, sparsity, q_star, m)``: below it most active units sit on the
+    clipped pieces, where phi' = 0, and gradients die out. (For any family of activations indexed by
+    a clip level whose gradient fraction rises with m.) brentq in m to 1e-12 sqrt(q*).
+    """
+    root_q = math.sqrt(q_star)
+
+    def gap(m):
+        act = Activation.from_sparsity(family, sparsity, q_star, m * root_q)
+        return float(gradient_fraction(act, q_star)) - MIN_GRADIENT_FRACTION
+
+    hi = 1.0
+    while gap(hi) < 0:
+        hi *= 2.0
+    return root_q * optimize.brentq(gap, 1e-9, hi, xtol=1e-12, rtol=1e-12)
+
+
 # --------------------------------------------------------------------------------------------------
 # Correlation map
 
@@ -355,26 +499,25 @@ def _upper_partial_mean(mu, s, c):
     return (mu - c) * ndtr(d) + s * _npdf(d)
 
 
-def _inner_expectation(code: int, tau: float, m: float, mu, s, derivative: bool):
+def _inner_expectation(act: Activation, mu, s, derivative: bool):
     """E[phi(X)] (or E[phi'(X)]) for X ~ N(mu, s^2) in closed form; s = 0 gives phi(mu) (phi'(mu)).
 
-    CReLU: E[phi] = E[(X - tau)^+] - E[(X - tau - m)^+],  E[phi'] = Phi((mu-tau)/s) - Phi((mu-tau-m)/s).
-    CST: phi(x) = CReLU(x) - CReLU(-x), phi'(x) = CReLU'(x) + CReLU'(-x).
+    phi written as ramps, phi(x) = y_1 + s_0 (x - k_1) + sum_j d_j (x - k_j)^+ (d_j the slope jump at
+    knot k_j), so E[phi(X)] = y_1 + s_0 (mu - k_1) + sum_j d_j E[(X - k_j)^+] and
+    E[phi'(X)] = s_0 + sum_j d_j Phi((mu - k_j) / s).
     """
     if s == 0.0:
-        act = Activation(("crelu", "cst")[code], tau, m)
         return act.derivative(mu) if derivative else act(mu)
-
-    def half(mu):
-        if derivative:
-            upper = ndtr((mu - tau - m) / s) if math.isfinite(m) else 0.0
-            return ndtr((mu - tau) / s) - upper
-        upper = _upper_partial_mean(mu, s, tau + m) if math.isfinite(m) else 0.0
-        return _upper_partial_mean(mu, s, tau) - upper
-
-    if code == 0:
-        return half(mu)
-    return half(mu) + half(-mu) if derivative else half(mu) - half(-mu)
+    jumps = np.diff(act.slopes)
+    if derivative:
+        total = act.slopes[0] + 0.0 * mu
+        for k, d in zip(act.knots, jumps, strict=True):
+            total = total + d * ndtr((mu - k) / s)
+        return total
+    total = act.values[0] + act.slopes[0] * (mu - act.knots[0])
+    for k, d in zip(act.knots, jumps, strict=True):
+        total = total + d * _upper_partial_mean(mu, s, k)
+    return total
 
 
 @lru_cache(maxsize=4)
@@ -420,12 +563,12 @@ def _cross_expectation(act: Activation, q: float, rho: float, derivative: bool, 
     x1 = sqrt_q * z1
     outer = act.derivative(x1) if derivative else act(x1)
     s = sqrt_q * math.sqrt(max(1.0 - rho * rho, 0.0))
-    inner = _inner_expectation(act.code, act.tau, act.m, sqrt_q * rho * z1, s, derivative)
+    inner = _inner_expectation(act, sqrt_q * rho * z1, s, derivative)
     return float(np.sum(w * _npdf(z1) * outer * inner))
 
 
 def _scalar_act_check(act: Activation):
-    if np.ndim(act.tau) or np.ndim(act.m):
+    if act.batch_shape:
         raise ValueError("act: correlation functions take a scalar activation (loop over a grid)")
 
 
@@ -493,7 +636,7 @@ def xi_c(act: Activation, q_star, sigma_w2, sigma_b2):
 
 
 def finite_width(act: Activation, sigma_w2, sigma_b2, q0, depth: int, width: int) -> xr.Dataset:
-    """First-order 1/N theory of the layer variances of one input (SCIENCE.md section 5).
+    """First-order 1/N theory of the layer variances of one input (docs/theory.md).
 
     With G^l the conditional variance of layer l given layer l-1, and layer 0 exactly N(0, q0):
 

@@ -20,7 +20,7 @@ MEMBERS = [
 
 
 def reference_phi(act, x):
-    """SCIENCE.md section 1, written with numpy."""
+    """The families' definitions (module docstring of simulate.activations), written with numpy."""
     if act.family == "crelu":
         return np.minimum(np.maximum(x - act.tau, 0.0), act.m)
     return np.sign(x) * np.minimum(np.maximum(np.abs(x) - act.tau, 0.0), act.m)
@@ -30,13 +30,15 @@ def reference_phi(act, x):
 def test_kernels_match_definition(act):
     expected = reference_phi(act, X)
     np.testing.assert_array_equal(act(X), expected)
-    np.testing.assert_array_equal([phi(x, act.code, act.tau, act.m) for x in X], expected)
+    p = act.pieces
+    kernel = [phi(x, p.breaks, p.anchor_x, p.anchor_y, p.slope) for x in X]
+    np.testing.assert_array_equal(kernel, expected)  # bit for bit: x - tau on the pass band
     # phi' by central differences away from the kinks (h = 1e-6 << distance to any kink)
     h = 1e-6
     away = np.all(np.abs(X[:, None] - np.asarray(act.kinks)[None, :]) > 1e-3, axis=1)
     slope = (reference_phi(act, X + h) - reference_phi(act, X - h)) / (2 * h)
     np.testing.assert_allclose(act.derivative(X)[away], slope[away], atol=1e-8)
-    assert [dphi(x, act.code, act.tau, act.m) for x in X[away]] == list(act.derivative(X)[away])
+    assert [dphi(x, p.breaks, p.slope) for x in X[away]] == list(act.derivative(X)[away])
 
 
 def test_special_cases():
@@ -61,6 +63,65 @@ def test_array_parameters_broadcast():
         "crelu", np.array([0.6, 0.9])[:, None], 1.0, m=np.array([1, 2, 3])
     )
     assert act.tau.shape == (2, 1) and act.m.shape == (3,)
+    assert act.batch_shape == (2, 3) and act.knots.shape == (2, 3, 2)
+    with pytest.raises(ValueError, match="all clipped or all unclipped"):
+        Activation("crelu", 0.5, np.array([1.0, math.inf]))
+
+
+def reference_interp(knots, values, left, right, x):
+    """Linear interpolation through the points, extended with the outer slopes (numpy only)."""
+    inside = np.interp(x, knots, values)
+    below = values[0] + left * (x - knots[0])
+    above = values[-1] + right * (x - knots[-1])
+    return np.where(x < knots[0], below, np.where(x > knots[-1], above, inside))
+
+
+@pytest.mark.parametrize(
+    ("knots", "values", "left", "right"),
+    [([-1.0, 0.5, 2.0], [-0.3, 0.0, 1.5], 0.2, 0.0),
+     ([-1.0, 0.0, 1.0], [1.0, -0.5, 2.0], -0.3, 0.4),  # two sign changes inside pieces
+     ([0.3], [0.0], 0.0, 1.0)],
+)  # fmt: skip
+def test_piecewise_linear_interpolates_its_points(knots, values, left, right):
+    act = Activation.piecewise_linear(knots, values, left, right)
+    ref = reference_interp(np.array(knots), np.array(values), left, right, X)
+    np.testing.assert_allclose(act(X), ref, rtol=1e-14, atol=1e-14)
+    np.testing.assert_array_equal(act(np.array(knots)), values)
+    h = 1e-6
+    away = np.all(np.abs(X[:, None] - np.array(knots)[None, :]) > 1e-3, axis=1)
+    slope = (reference_interp(np.array(knots), np.array(values), left, right, X + h)
+             - reference_interp(np.array(knots), np.array(values), left, right, X - h)) / (2 * h)  # fmt: skip
+    np.testing.assert_allclose(act.derivative(X)[away], slope[away], atol=1e-8)
+
+
+def test_named_constructors():
+    np.testing.assert_array_equal(Activation.relu()(X), np.maximum(X, 0.0))
+    np.testing.assert_array_equal(Activation.hard_tanh(1.0)(X), np.clip(X, -1.0, 1.0))
+    np.testing.assert_array_equal(Activation.hard_tanh(0.5)(X), np.clip(X, -0.5, 0.5))
+    np.testing.assert_array_equal(Activation.relu_tau(0.5)(X), np.maximum(X - 0.5, 0.0))
+    np.testing.assert_array_equal(
+        Activation.st_tau(0.5)(X), np.sign(X) * np.maximum(np.abs(X) - 0.5, 0.0)
+    )
+    assert Activation.crelu(0.5, 1.0) == Activation("crelu", 0.5, 1.0)
+    assert Activation.cst(0.5, 1.0).clipped and not Activation.st_tau(0.5).clipped
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (([], []), "knots=.*at least one"),
+        (([0.0, 0.0], [0.0, 1.0]), "strictly increasing"),
+        (([1.0, 0.0], [0.0, 1.0]), "strictly increasing"),
+        (([0.0, math.inf], [0.0, 1.0]), "finite"),
+        (([0.0, 1.0], [0.0]), "values=.*one value per knot"),
+        (([0.0, 1.0], [0.0, math.nan]), "values=.*finite"),
+        (([0.0], [0.0], math.inf), "left_slope=inf"),
+        (([0.0], [0.0], 0.0, math.nan), "right_slope=nan"),
+    ],
+)
+def test_piecewise_linear_errors(args, message):
+    with pytest.raises(ValueError, match=message):
+        Activation.piecewise_linear(*args)
 
 
 @pytest.mark.parametrize(

@@ -17,19 +17,49 @@ clips = st.one_of(st.just(math.inf), st.floats(0.05, 6.0))
 variances = st.floats(0.05, 20.0)
 
 
+@st.composite
+def named_members(draw):
+    """A CReLU / CST member with a = tau / sqrt(q) <= 3, and its variance q."""
+    q = draw(variances)
+    return Activation(draw(families), draw(thresholds) * math.sqrt(q), draw(clips)), q
+
+
+@st.composite
+def user_shapes(draw):
+    """Any continuous piecewise-linear shape: 1 to 5 knots within 3 sqrt(q), values in [-3, 3],
+    outer slopes in [-2, 2] (half of them 0, i.e. bounded); and its variance q."""
+    q = draw(variances)
+    size = draw(st.integers(1, 5))
+    raw = draw(st.lists(st.floats(-3.0, 3.0), min_size=size, max_size=size, unique=True))
+    knots = np.sort(raw) * math.sqrt(q)
+    if np.any(np.diff(knots) < 1e-3 * math.sqrt(q)):  # keep pieces resolvable by quadrature
+        knots = np.linspace(-1.5, 1.5, size) * math.sqrt(q)
+    values = draw(st.lists(st.floats(-3.0, 3.0), min_size=size, max_size=size))
+    slope = st.one_of(st.just(0.0), st.floats(-2.0, 2.0))
+    act = Activation.piecewise_linear(knots, values, draw(slope), draw(slope), name="drawn")
+    return act, q
+
+
+members = st.one_of(named_members(), user_shapes())
+
+
 def quad(f, act, q):
-    return gp.gaussian_expectation(f, q, act.kinks)
+    """E[f(sqrt(q) z)] by adaptive quadrature split at every breakpoint of phi (knots and zeros)."""
+    return gp.gaussian_expectation(f, q, tuple(act.pieces.breaks))
 
 
 @settings(max_examples=60, deadline=None)
-@given(family=families, a=thresholds, m=clips, q=variances, sw2=st.floats(0.5, 10.0))
-def test_closed_forms_match_quadrature(family, a, m, q, sw2):
-    """V, chi_1, E[phi^4] and the sparsity against adaptive quadrature, 1e-12 relative."""
-    act = Activation(family, a * math.sqrt(q), m)
+@given(member=members, sw2=st.floats(0.5, 10.0))
+def test_closed_forms_match_quadrature(member, sw2):
+    """V, chi_1, E[phi^4] and the sparsity against adaptive quadrature, 1e-12 relative, for the named
+    families and for any shape given by points."""
+    act, q = member
     check = dict(rtol=1e-12, atol=1e-300)
     phi2 = quad(lambda x: act(x) ** 2, act, q)
     np.testing.assert_allclose(gp.variance_map(act, q, sw2, 0.3), sw2 * phi2 + 0.3, **check)
-    np.testing.assert_allclose(gp.chi1(act, q, sw2), sw2 * quad(act.derivative, act, q), **check)
+    np.testing.assert_allclose(
+        gp.chi1(act, q, sw2), sw2 * quad(lambda x: act.derivative(x) ** 2, act, q), **check
+    )
     np.testing.assert_allclose(
         gp.activation_moment(act, q, 4), quad(lambda x: act(x) ** 4, act, q), **check
     )
@@ -42,17 +72,18 @@ def test_closed_forms_match_quadrature(family, a, m, q, sw2):
 # cancels; the tolerances below allow for that
 @pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
 @settings(max_examples=60, deadline=None)
-@given(family=families, a=thresholds, m=clips, q=variances)
-def test_slope_and_curvature_by_differentiating_the_gaussian(family, a, m, q):
+@given(member=members)
+def test_slope_and_curvature_by_differentiating_the_gaussian(member):
     """Independent of phi' and phi'': d/dq E[f(x)] = E[f(x) (x^2 - q)] / (2 q^2) and
     d^2/dq^2 E[f(x)] = E[f(x) (x^4 - 6 q x^2 + 3 q^2)] / (4 q^4), x ~ N(0, q), with f = phi^2."""
-    act = Activation(family, a * math.sqrt(q), m)
+    act, q = member
     sw2 = 2.0
     slope = sw2 * quad(lambda x: act(x) ** 2 * (x * x - q), act, q) / (2 * q * q)
     curv = (
         sw2 * quad(lambda x: act(x) ** 2 * (x**4 - 6 * q * x * x + 3 * q * q), act, q) / (4 * q**4)
     )
-    scale = gp.variance_map(act, q, sw2, 0.0) / q  # the natural size of V' (and q V'')
+    scale = max(gp.variance_map(act, q, sw2, 0.0), 1e-3 * q) / q  # the natural size of V', q V''
+
     assert abs(gp.variance_slope(act, q, sw2) - slope) <= 1e-9 * scale
     assert abs(gp.variance_curvature(act, q, sw2) - curv) * q <= 1e-8 * scale
 
@@ -76,15 +107,17 @@ CLIPS = np.array([0.2, 0.5, 1.0, 2.0, 3.0, 8.0, math.inf])
 
 @pytest.mark.parametrize("family", ["crelu", "cst"])
 @pytest.mark.parametrize("q_star", [0.3, 1.0, 4.0])
-def test_edge_of_chaos_equations(family, q_star):
-    act = Activation.from_sparsity(family, SPARSITIES[:, None], q_star, CLIPS[None, :])
+@pytest.mark.parametrize("clips", [CLIPS[None, :-1], math.inf], ids=["clipped", "unclipped"])
+def test_edge_of_chaos_equations(family, q_star, clips):
+    act = Activation.from_sparsity(family, SPARSITIES[:, None], q_star, clips)
     eoc = gp.edge_of_chaos(act, q_star)
     np.testing.assert_allclose(gp.chi1(act, q_star, eoc.sigma_w2), 1.0, rtol=1e-12)
     np.testing.assert_allclose(
         gp.variance_map(act, q_star, eoc.sigma_w2, eoc.sigma_b2), q_star, rtol=1e-12
     )
     assert np.all(eoc.sigma_b2 >= 0)
-    np.testing.assert_allclose(gp.sparsity(act, q_star), SPARSITIES[:, None], rtol=1e-12)
+    s = gp.sparsity(act, q_star)
+    np.testing.assert_allclose(s, np.broadcast_to(SPARSITIES[:, None], s.shape), rtol=1e-12)
 
 
 @pytest.mark.parametrize("family", ["crelu", "cst"])
@@ -103,7 +136,7 @@ def test_unclipped_is_marginal_and_convex_at_eoc(family):
 
 @pytest.mark.parametrize("family", ["crelu", "cst"])
 def test_clipped_slope_below_one_and_matches_science_formula(family):
-    """V'(q*) = 1 - (b - a) n(b) / (Phi(b) - Phi(a)) < 1 for s >= 1/2 (SCIENCE.md section 4);
+    """V'(q*) = 1 - (b - a) n(b) / (Phi(b) - Phi(a)) < 1 for s >= 1/2 (docs/theory.md);
     strictly below 1 in floating point where (b - a) n(b) is resolvable (m <= 3 here)."""
     from scipy.stats import norm
 
@@ -168,7 +201,7 @@ def test_fixed_points_off_eoc_ordered_and_line_of_fixed_points():
      ("crelu", 0.9, 1.5)],
 )  # fmt: skip
 def test_max_stable_clip_against_fixed_point_count(family, sparsity, approx):
-    """1 fixed point just below m_c, 3 just above (to 1e-6), and SCIENCE.md's rounded values."""
+    """1 fixed point just below m_c, 3 just above (to 1e-6), and the published rounded values (docs/theory.md)."""
     m_c = gp.max_stable_clip(family, sparsity, 1.0)
     assert abs(m_c - approx) < 0.1
     for dm, count in [(-2e-6, 1), (2e-6, 3)]:
@@ -181,7 +214,7 @@ def test_max_stable_clip_matches_brute_force_scan():
     counts = [len(gp.fixed_points(*eoc_net("cst", 0.7, m))) for m in m_grid]
     first = m_grid[np.argmax(np.array(counts) > 1)]
     assert first - 0.01 < gp.max_stable_clip("cst", 0.7, 1.0) <= first
-    # CST at sparsity s behaves like CReLU at (1 + s) / 2 (SCIENCE.md section 4)
+    # CST at sparsity s behaves like CReLU at (1 + s) / 2 (docs/theory.md)
     np.testing.assert_allclose(
         gp.max_stable_clip("cst", 0.7), gp.max_stable_clip("crelu", 0.85), rtol=1e-7
     )
@@ -306,7 +339,7 @@ def test_variance_depth_scale():
 
 
 def test_finite_width_stable_point_saturation():
-    """At a stable fixed point, V4 -> sigma_w^4 Var[phi^2] / (1 - V'(q*)^2) (SCIENCE.md section 5)."""
+    """At a stable fixed point, V4 -> sigma_w^4 Var[phi^2] / (1 - V'(q*)^2) (docs/theory.md)."""
     act, sw2, sb2 = eoc_net("crelu", 0.8, 1.0)
     ds = gp.finite_width(act, sw2, sb2, 1.0, 300, 100)
     np.testing.assert_allclose(ds.q_gp, 1.0, rtol=1e-12)
@@ -339,8 +372,8 @@ def test_finite_width_unclipped_drift_grows_quadratically():
 
 def test_errors(monkeypatch):
     act = Activation("crelu", 0.5, 1.0)
-    with pytest.raises(ValueError, match="p=3"):
-        gp.activation_moment(act, 1.0, 3)
+    with pytest.raises(ValueError, match="p=-1"):
+        gp.activation_moment(act, 1.0, -1)
     with pytest.raises(ValueError, match=r"q_star=0\.0"):
         gp.edge_of_chaos(act, 0.0)
     with pytest.raises(ValueError, match="no unit passes gradient"):
@@ -359,3 +392,118 @@ def test_errors(monkeypatch):
     monkeypatch.setattr(gp, "activation_moment", lambda act, q, p=2: 2.0 * q)
     with pytest.raises(ValueError, match=r"sigma_b2=.*negative bias variance"):
         gp.edge_of_chaos(act, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# activations given by points
+
+
+def from_points(act: Activation, name: str) -> Activation:
+    """The same function rebuilt from its knots and values alone (slopes by difference quotients)."""
+    d = act.description()
+    return Activation.piecewise_linear(
+        d["knots"], d["values"], d["left_slope"], d["right_slope"], name=name
+    )
+
+
+@pytest.mark.parametrize(
+    "act",
+    [Activation("crelu", 1.04, 1.0), Activation("cst", 0.7, 1.3), Activation("crelu", 0.6),
+     Activation.hard_tanh(1.0)],
+    ids=lambda a: a.label(),
+)  # fmt: skip
+def test_family_built_from_points_gives_the_family_numbers(act):
+    """Rebuilt from points, every quantity agrees with the named member to 1e-12."""
+    twin = from_points(act, "twin")
+    eoc, eoc_twin = gp.edge_of_chaos(act, 1.0), gp.edge_of_chaos(twin, 1.0)
+    np.testing.assert_allclose(eoc_twin.sigma_w2, eoc.sigma_w2, rtol=1e-12)
+    np.testing.assert_allclose(eoc_twin.sigma_b2, eoc.sigma_b2, rtol=1e-12, atol=1e-14)
+    q = np.array([0.3, 1.0, 2.5])
+    for f in (gp.variance_slope, gp.variance_curvature, gp.chi1):
+        np.testing.assert_allclose(f(twin, q, eoc.sigma_w2), f(act, q, eoc.sigma_w2), rtol=1e-12)
+    np.testing.assert_allclose(gp.sparsity(twin, q), gp.sparsity(act, q), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        gp.correlation_map(twin, [0.2, 0.9], 1.0, eoc.sigma_w2, eoc.sigma_b2),
+        gp.correlation_map(act, [0.2, 0.9], 1.0, eoc.sigma_w2, eoc.sigma_b2),
+        rtol=1e-12,
+    )
+
+
+HARD_TANH = Activation.hard_tanh(1.0)
+ASYMMETRIC = Activation.piecewise_linear(
+    [-1.0, 0.5, 2.0], [-0.3, 0.0, 1.5], 0.2, 0.0, name="asymmetric"
+)
+
+
+@pytest.mark.parametrize("act", [HARD_TANH, ASYMMETRIC], ids=lambda a: a.name)
+def test_user_shapes_eoc_and_fixed_points_against_quadrature(act):
+    """EoC from quadrature's E[phi'^2], E[phi^2]; every fixed point satisfies V(q) = q by quadrature
+    and its slope matches a finite difference of the quadrature map."""
+    q_star = 0.8
+    sw2 = 1.0 / quad(lambda x: act.derivative(x) ** 2, act, q_star)
+    sb2 = q_star - sw2 * quad(lambda x: act(x) ** 2, act, q_star)
+    eoc = gp.edge_of_chaos(act, q_star)
+    np.testing.assert_allclose([eoc.sigma_w2, eoc.sigma_b2], [sw2, sb2], rtol=1e-12)
+
+    def v_quad(q):
+        return sw2 * quad(lambda x: act(x) ** 2, act, q) + sb2
+
+    points = gp.fixed_points(act, eoc.sigma_w2, eoc.sigma_b2)
+    assert any(abs(p.q - q_star) < 1e-9 for p in points)
+    for p in points:
+        np.testing.assert_allclose(v_quad(p.q), p.q, rtol=1e-10)
+        h = 1e-5 * p.q
+        slope = (v_quad(p.q + h) - v_quad(p.q - h)) / (2 * h)
+        assert abs(p.slope - slope) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act", [HARD_TANH, ASYMMETRIC], ids=lambda a: a.name)
+def test_user_shapes_correlation_against_nested_quadrature(act):
+    """R and R' for shapes given by points, against nested quadrature, to 1e-9."""
+    q, sw2, sb2 = 0.8, 1.7, 0.1
+    for rho in (-0.7, 0.0, 0.6, 0.999):
+        cross = gp.gaussian_pair_expectation(act, act, q, rho, act.kinks)
+        d_cross = gp.gaussian_pair_expectation(act.derivative, act.derivative, q, rho, act.kinks)
+        assert abs(gp.correlation_map(act, rho, q, sw2, sb2) - (sw2 * cross + sb2) / q) < 1e-9
+        assert abs(gp.correlation_slope(act, rho, q, sw2) - sw2 * d_cross) < 1e-9
+
+
+@pytest.mark.parametrize("q_star", [1e-6, 1e4])
+@pytest.mark.parametrize("m", [1.0, math.inf])
+def test_fixed_points_found_at_any_scale(q_star, m):
+    """q* is found whether it is tiny or huge, with m in units of sqrt(q*) or not."""
+    for clip in (m, m * math.sqrt(q_star)):
+        act = Activation.from_sparsity("crelu", 0.85, q_star, clip)
+        eoc = gp.edge_of_chaos(act, q_star)
+        qs = [p.q for p in gp.fixed_points(act, eoc.sigma_w2, eoc.sigma_b2)]
+        assert any(abs(q / q_star - 1) < 1e-6 for q in qs), (clip, qs)
+
+
+@pytest.mark.parametrize("s", [0.6, 0.85, 0.95])
+def test_min_gradient_clip_closed_form(s):
+    """CReLU: half of the active units pass gradient when Phi(b) - Phi(a) = (1 - Phi(a)) / 2, so
+    m_low = sqrt(q*) [Phi^{-1}((1 + Phi(a)) / 2) - a], a = Phi^{-1}(s); CST at s as CReLU at (1+s)/2."""
+    from scipy.stats import norm
+
+    a = norm.ppf(s)
+    expected = 2.0 * (norm.ppf((1 + s) / 2) - a)
+    np.testing.assert_allclose(gp.min_gradient_clip("crelu", s, 4.0), expected, rtol=1e-9)
+    np.testing.assert_allclose(gp.min_gradient_clip("cst", 2 * s - 1, 1.0), expected / 2, rtol=1e-9)
+
+
+@pytest.mark.parametrize("m", [1e10, 1e155, 1e300])
+def test_huge_clip_is_the_unclipped_activation(m):
+    """A clip level far beyond the Gaussian's reach gives the unclipped numbers, never NaN."""
+    for family in ("crelu", "cst"):
+        clipped = Activation.from_sparsity(family, 0.8, 1.0, m)
+        free = Activation.from_sparsity(family, 0.8, 1.0)
+        e1, e2 = gp.edge_of_chaos(clipped, 1.0), gp.edge_of_chaos(free, 1.0)
+        np.testing.assert_allclose(
+            [e1.sigma_w2, e1.sigma_b2], [e2.sigma_w2, e2.sigma_b2], rtol=1e-12
+        )
+        q = np.array([0.5, 2.0])
+        for f in (gp.variance_slope, gp.variance_curvature):
+            np.testing.assert_allclose(
+                f(clipped, q, e1.sigma_w2), f(free, q, e2.sigma_w2), rtol=1e-12
+            )
