@@ -104,13 +104,24 @@ class _ZPieces:
             0.5 * (erf(b / math.sqrt(2.0)) - erf(a / math.sqrt(2.0))),
         )
 
+    def take(self, cols) -> _ZPieces:
+        """The pieces ``cols`` only."""
+        return _ZPieces(
+            *(
+                np.broadcast_to(v, self.alpha.shape)[..., cols]
+                for v in (self.alpha, self.beta, self.upper, self.y, self.s)
+            ),
+            self.sqrt_q,
+        )
+
     def anchored_moment(self, k: int):
         """E[w^k 1{piece}], w = z - zeta (module docstring); k = 0 is ``probability``."""
         if k == 0:
             return self.probability()
-        lower = _truncated_power_moment(self.alpha, self.beta, k)
-        upper = (-1) ** k * _truncated_power_moment(-self.beta, -self.alpha, k)
-        return np.where(self.upper, upper, lower)
+        lo = np.where(self.upper, -self.beta, self.alpha)
+        hi = np.where(self.upper, -self.alpha, self.beta)
+        sign = np.where(self.upper, (-1.0) ** k, 1.0)
+        return sign * _truncated_power_moment(lo, hi, k)
 
 
 _SERIES_WIDTH = 2.0
@@ -181,11 +192,15 @@ def activation_moment(act: Activation, q, p: int = 2):
         raise ValueError(f"p={p!r}: must be an integer >= 0")
     z = _ZPieces.of(act, q)
     rise = z.s * z.sqrt_q
-    with np.errstate(over="ignore"):  # y^p of a clip level beyond reach: its moment is 0
-        per_piece = sum(
-            _times(binom(p, k) * z.y ** (p - k) * rise**k, z.anchored_moment(k))
-            for k in range(p + 1)
-        )
+    per_piece = np.zeros_like(z.alpha)
+    for k in range(p + 1):
+        with np.errstate(over="ignore"):  # y^p of a clip level beyond reach: its moment is 0
+            coefficient = np.broadcast_to(binom(p, k) * z.y ** (p - k) * rise**k, z.alpha.shape)
+        # only the pieces where the term can be nonzero (e.g. not k < p where phi's anchor is 0)
+        cols = np.flatnonzero(np.any(coefficient != 0.0, axis=tuple(range(z.alpha.ndim - 1))))
+        if cols.size:
+            moment = z.take(cols).anchored_moment(k)
+            per_piece[..., cols] += _times(coefficient[..., cols], moment)
     return _mirror_sum(_last_axis(per_piece))
 
 
