@@ -3,8 +3,9 @@
     python benchmarks/engines.py [--quick]      (with the package installed, or PYTHONPATH=.)
 
 Setting: N = 1000, depth 100, the default pair of inputs plus the tangent (3 vectors), clipped
-CReLU at the Edge of Chaos (s = 0.8, m = 1, q* = 1). Measured, each the minimum over interleaved
-repeats (gram and the floors in chunks of 10 networks, dense and naive one network at a time):
+CReLU at the Edge of Chaos (s = 0.8, m = 1, q* = 1). Measured in CPU time, each the minimum over
+interleaved repeats (gram and the floors in chunks of 10 networks, dense and naive one network at a
+time):
 
 - gram: ``run_cell(engine="gram")``, in ns per sampled pre-activation, i.e. per neuron, per layer
   (layers 0..depth) and per vector (the 2 inputs and the tangent);
@@ -83,17 +84,18 @@ def _naive_statistics(h, a, log_gain):
 
 
 def interleaved_best(fns, rounds):
-    """Minimum wall time of each function over ``rounds`` round-robin calls.
+    """Minimum CPU time of each function over ``rounds`` round-robin calls.
 
-    The machine may be shared: interleaving exposes every candidate to the same load, and the
-    minimum over many short calls is the cost without interference.
+    The machine may be shared: CPU time (of this single-threaded process) does not count the time
+    other processes hold the core, interleaving exposes every candidate to the same cache and memory
+    contention, and the minimum over many short calls is the cost without interference.
     """
     times = {name: math.inf for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = time.process_time()
             fn()
-            times[name] = min(times[name], time.perf_counter() - start)
+            times[name] = min(times[name], time.process_time() - start)
     return times
 
 
@@ -106,7 +108,7 @@ def engine_run(engine, nets):
         depth=DEPTH,
         nets=nets,
         q0=1.0,
-        q_star=1.0,
+        q_ref=1.0,
         engine=engine,
     )
 

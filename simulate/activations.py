@@ -44,24 +44,35 @@ FAMILIES = ("crelu", "cst")
 def piece_index(x, breaks):
     """Index p of the piece holding x: breaks[p-1] <= x < breaks[p] (``breaks`` sorted, P - 1 long)."""
     p = 0
-    while p < breaks.size and x >= breaks[p]:
+    while p < len(breaks) and x >= breaks[p]:
         p += 1
     return p
 
 
 @njit(cache=True, nogil=True)
 def phi(x, breaks, anchor_x, anchor_y, slope):
-    """phi(x) = anchor_y[p] + slope[p] (x - anchor_x[p]) on the piece p holding x."""
-    p = piece_index(x, breaks)
-    if slope[p] == 0.0:
-        return anchor_y[p]
-    return anchor_y[p] + slope[p] * (x - anchor_x[p])
+    """phi(x) = anchor_y[p] + slope[p] (x - anchor_x[p]) on the piece p holding x (the last p with
+    breaks[p-1] <= x), anchor_y[p] itself on a flat piece.
+
+    Branch-free: every piece is tried in order and the last that starts at or below x is kept.
+    Called with the tuples of ``Pieces.kernel``, Numba compiles one version per piece count and
+    unrolls the scan, so a loop over x vectorises (with arrays it works, slowly)."""
+    y = anchor_y[0] if slope[0] == 0.0 else anchor_y[0] + slope[0] * (x - anchor_x[0])
+    for p in range(1, len(slope)):
+        if x >= breaks[p - 1]:
+            y = anchor_y[p] if slope[p] == 0.0 else anchor_y[p] + slope[p] * (x - anchor_x[p])
+    return y
 
 
 @njit(cache=True, nogil=True)
 def dphi(x, breaks, slope):
-    """phi'(x) = slope[p] on the piece p holding x (the right slope at a breakpoint)."""
-    return slope[piece_index(x, breaks)]
+    """phi'(x) = slope[p] on the piece p holding x (the right slope at a breakpoint); branch-free
+    as :func:`phi`."""
+    s = slope[0]
+    for p in range(1, len(slope)):
+        if x >= breaks[p - 1]:
+            s = slope[p]
+    return s
 
 
 @njit(cache=True)
@@ -282,9 +293,7 @@ class Activation:
     def _elementwise(self, x, derivative: bool):
         x = np.asarray(x, dtype=float)
         p = self.pieces
-        flat = _apply(
-            np.ascontiguousarray(x).ravel(), p.breaks, p.anchor_x, p.anchor_y, p.slope, derivative
-        )
+        flat = _apply(np.ascontiguousarray(x).ravel(), *p.kernel, derivative)
         return flat.reshape(x.shape)
 
     def label(self) -> str:
@@ -328,6 +337,13 @@ class Pieces:
         self.lo, self.hi = lo, hi
         self.anchor_x, self.anchor_y, self.slope = anchor_x, anchor_y, slope
         self.breaks = np.ascontiguousarray(lo[..., 1:])
+        self.kernel = (
+            tuple(tuple(float(v) for v in a) for a in (self.breaks, anchor_x, anchor_y, slope))
+            if slope.ndim == 1
+            else None
+        )
+        """(breaks, anchor_x, anchor_y, slope) as tuples of floats, the arguments of the kernels
+        :func:`phi` and :func:`dphi` (single activation; None for a batch)."""
 
     @classmethod
     def of(cls, act: Activation) -> Pieces:

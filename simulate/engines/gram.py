@@ -1,4 +1,4 @@
-"""The exact conditional-Gaussian (Gram-matrix) sampler (SCIENCE.md section 6).
+"""The exact conditional-Gaussian (Gram-matrix) sampler.
 
 Push B inputs and one forward-mode tangent through a layer h^{l+1} = W phi(h^l) + b with
 W_ij ~ N(0, sigma_w^2 / N) and b_i ~ N(0, sigma_b^2) fresh. Collect the post-activations as the
@@ -99,14 +99,17 @@ def sample_rows(L, rng, G, H):
 
 
 @njit(cache=True, nogil=True)
-def gram_step(A, n_inputs, sigma_w2, sigma_b2, rng, H, K, L, G):
-    """Next pre-activations H ((B+1) x N) from post-activations A ((B+1) x N), in distribution.
-
-    K = (sigma_w^2 / N) A A^T, plus sigma_b^2 on the B x B input block; H = chol(K) G.
-    K, L ((B+1) x (B+1)) and G ((B+1) x N) are work arrays.
-    """
+def conditional_kernel(A, n_inputs, sigma_w2, sigma_b2, K):
+    """K = (sigma_w^2 / N) A A^T, plus sigma_b^2 on the B x B input block (not on the tangent):
+    the covariance of a row of the next pre-activations given the post-activations A ((B+1) x N)."""
     gram_matrix(A, K)
     K *= sigma_w2 / A.shape[1]
     K[:n_inputs, :n_inputs] += sigma_b2
+
+
+@njit(cache=True, nogil=True)
+def gram_step(K, rng, H, L, G):
+    """Next pre-activations H ((B+1) x N) in distribution, given their conditional covariance K:
+    H = chol(K) G. L ((B+1) x (B+1)) and G ((B+1) x N) are work arrays."""
     safe_cholesky(K, L)
     sample_rows(L, rng, G, H)
