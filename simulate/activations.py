@@ -239,6 +239,22 @@ class Activation:
         tau = np.maximum(a, 0.0) * np.sqrt(q_star)
         return cls(family, tau, m)
 
+    @classmethod
+    def stack(cls, acts) -> Activation:
+        """A batch (leading dimension len(acts)) of single activations with one piece structure,
+        for ``simulate.gp`` to evaluate at once. ValueError if their structures differ."""
+        acts = list(acts)
+        if not acts or any(a.batch_shape for a in acts):
+            raise ValueError("stack: needs a non-empty list of single activations")
+        if len({(a.knots.size, a.pieces.slope.size) for a in acts}) > 1:
+            raise ValueError("stack: the activations must share one piece structure")
+        batch = cls.__new__(cls)
+        batch._set(
+            *(np.stack([getattr(a, f) for a in acts]) for f in ("knots", "values", "slopes"))
+        )
+        batch.family, batch.tau, batch.m, batch.name = "custom", None, None, "stack"
+        return batch
+
     # the description ----------------------------------------------------------------------------
 
     def _set(self, knots, values, slopes) -> None:

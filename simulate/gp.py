@@ -90,7 +90,7 @@ class _ZPieces:
     def of(cls, act: Activation, q):
         sqrt_q = np.sqrt(np.asarray(q, dtype=float))[..., None]
         p = act.pieces
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             alpha = np.clip(p.lo / sqrt_q, -_Z_INF, _Z_INF)
             beta = np.clip(p.hi / sqrt_q, -_Z_INF, _Z_INF)
         return cls(alpha, beta, p.anchor_x == p.hi, p.anchor_y, p.slope, sqrt_q)
@@ -194,8 +194,11 @@ def activation_moment(act: Activation, q, p: int = 2):
     rise = z.s * z.sqrt_q
     per_piece = np.zeros_like(z.alpha)
     for k in range(p + 1):
-        with np.errstate(over="ignore"):  # y^p of a clip level beyond reach: its moment is 0
-            coefficient = np.broadcast_to(binom(p, k) * z.y ** (p - k) * rise**k, z.alpha.shape)
+        with np.errstate(over="ignore", invalid="ignore"):  # y^p of a clip beyond reach (moment 0)
+            coefficient = binom(p, k) * z.y ** (p - k) * rise**k
+        if k > 0:  # exactly 0 on flat pieces, even where y^{p-k} overflowed
+            coefficient = np.where(rise == 0.0, 0.0, coefficient)
+        coefficient = np.broadcast_to(coefficient, z.alpha.shape)
         # only the pieces where the term can be nonzero (e.g. not k < p where phi's anchor is 0)
         cols = np.flatnonzero(np.any(coefficient != 0.0, axis=tuple(range(z.alpha.ndim - 1))))
         if cols.size:
@@ -225,7 +228,7 @@ def _knot_terms(act: Activation, q):
     k_j / sqrt(q) (clamped like the piece bounds) and sqrt(q)."""
     sqrt_q = np.sqrt(np.asarray(q, dtype=float))[..., None]
     jump = np.diff(act.slopes, axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         kappa = np.clip(act.knots / sqrt_q, -_Z_INF, _Z_INF)
     return jump, act.values, kappa, sqrt_q
 
@@ -239,7 +242,8 @@ def variance_slope(act: Activation, q, sigma_w2, sigma_b2=0.0):
     sigma_w^2 [Phi(b) - Phi(a) - (m / sqrt q) n(b)]. ``sigma_b2`` does not enter.
     """
     jump, y, kappa, sqrt_q = _knot_terms(act, q)
-    knots = _times(jump * y / sqrt_q, _npdf(kappa))
+    with np.errstate(over="ignore", invalid="ignore"):  # knots beyond reach have n(kappa) = 0
+        knots = _times(jump * y / sqrt_q, _npdf(kappa))
     return sigma_w2 * (_slope_moment(act, q) + _mirror_sum(_last_axis(knots)))
 
 
@@ -255,7 +259,8 @@ def variance_curvature(act: Activation, q, sigma_w2, sigma_b2=0.0):
     pieces = z.s**2 * (z.alpha * _npdf(z.alpha) - z.beta * _npdf(z.beta)) / (2.0 * q_col)
     jump, y, kappa, sqrt_q = _knot_terms(act, q)
     nk = _npdf(kappa)
-    knots = _times(jump * y * (kappa**2 - 1.0) / (2.0 * q_col * sqrt_q), nk)
+    with np.errstate(over="ignore", invalid="ignore"):  # knots beyond reach have n(kappa) = 0
+        knots = _times(jump * y * (kappa**2 - 1.0) / (2.0 * q_col * sqrt_q), nk)
     return sigma_w2 * (_mirror_sum(_last_axis(pieces)) + _mirror_sum(_last_axis(knots)))
 
 
@@ -341,9 +346,10 @@ def _search_range(act: Activation, sigma_w2, sigma_b2) -> tuple[float, float]:
     at any q* (1e-6 or 1e4 alike): q_max = 1.01 sup V for a bounded phi, else 1e4 times the largest
     of sigma_b^2 and the squared knots; q_min = 1e-4 times the smallest nonzero of sigma_b^2, the
     squared knots and the squared values (and at most 1e-8 q_max)."""
-    squares = np.concatenate([[sigma_b2], act.knots**2, act.values**2])
-    scales = squares[squares > 0]
-    bound = _bound_of_v(act, sigma_w2, sigma_b2)
+    with np.errstate(over="ignore"):  # a clip level beyond float range is no scale
+        squares = np.concatenate([[sigma_b2], act.knots**2, act.values**2])
+        bound = _bound_of_v(act, sigma_w2, sigma_b2)
+    scales = squares[(squares > 0) & np.isfinite(squares)]
     if math.isfinite(bound):
         q_max = 1.01 * bound
     else:

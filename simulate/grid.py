@@ -1,13 +1,18 @@
 """``python -m simulate.grid``: run a sweep from its spec into a resumable zarr store.
 
-    spec (flags / TOML) -> validated whole: values, EoC per cell, disk and memory
-        -> store created empty (or an existing one resumed) -> batches of unfinished cells
-        -> joblib (loky, threading, or dask.distributed) -> each finished cell written, then marked done
+    spec (flags / TOML) -> validated whole: values, EoC per cell, engine, disk and memory
+        -> store created empty, or an existing one inspected (every chunk read back against its
+           checksum; damaged cells unmarked, unreadable coordinates and theory rewritten)
+        -> batches of unfinished cells -> joblib (loky, threading, or dask.distributed)
+        -> each finished cell written, then marked done
 
 Determinism: the cell at flat position i of the full grid (C order over ``Spec.cell_dims``) draws its
 random numbers from ``SeedSequence(seed).spawn(n_cells)[i]``, built directly as
 ``SeedSequence(seed, spawn_key=(i,))`` (the same object). A cell's values therefore depend on the spec
 alone, never on n_jobs, backend, batching, order or how many times the sweep was resumed.
+
+A store whose root metadata cannot be read (so its spec is lost) is refused, unless ``--repair``:
+then its metadata is rebuilt from the given spec and its chunk files kept, and it is inspected as above.
 
 Exit status: 0 done (or nothing left to do), 2 bad spec (one line on stderr, nothing written),
 130 interrupted (the store keeps every finished cell; the same command resumes).
@@ -34,16 +39,16 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
-from simulate import engines, gp, store
-from simulate.activations import Activation
-from simulate.spec import Cell, Params, Run, Spec, SpecError, cells, parse, resolve
+from simulate import engines, schema, store
+from simulate.spec import Params, Run, Spec, SpecError, SweepCell, cells, parse, resolve
 
-TASK_COST = 2e6
-"""Work (net x layer x unit steps) a parallel task aims for: small cells are batched up to it, so that
-a task takes some tens of milliseconds and joblib's per-task overhead stays small."""
+TASK_COST = 5e7
+"""Work a parallel task aims for, in the engines' cost unit (ns on one core): small cells are
+batched up to it, so that a task takes some tens of milliseconds and joblib's per-task overhead stays
+small."""
 
-FLOOR_WIDTH = 64
-"""Cells narrower than this cost like this width: per-layer overhead does not shrink with N."""
+N_INPUTS = 2
+"""Inputs per network in a sweep: the default pair at correlation c0."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,20 +56,29 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         spec, run = parse(argv)
-        done = _existing(spec, run)
-        creating = done is None
-        if creating:
-            done = np.zeros(spec.cell_shape, dtype=bool)
+        mode, found = _existing(spec, run)
+        done = found.intact if found is not None else np.zeros(spec.cell_shape, dtype=bool)
         n_todo = int(done.size - np.count_nonzero(done))
-        _check_resources(spec, run, n_todo, creating)  # before resolve: a huge grid fails at once
+        _check_resources(spec, run, n_todo, mode != "resume")  # before resolve: a huge grid fails
         params = resolve(spec)
-        if not n_todo:
+        _check_engine(spec, params)
+        if mode == "resume" and not n_todo and not found.damaged:
             print(f"simulate.grid: nothing to do: all {done.size} cells of {run.out} are done")
             _next_steps(run.out)
             return 0
         with _parallel(run) as n_workers:
-            if creating:
-                store.create(run.out, spec, _theory(spec, params), _provenance(spec))
+            need = mode != "resume" or found.arrays  # the theory takes a while: only if needed
+            skeleton = _skeleton(spec, params) if need else None
+            if mode == "create":
+                store.create(run.out, skeleton, spec)
+            elif mode == "rebuild":
+                store.rebuild(run.out, skeleton, spec)
+                found = store.Writer(run.out).inspect(schema.array_names(spec))
+            if found is not None and found.damaged:
+                _log(f"{run.out}: {found.describe()}: repairing (damaged cells are recomputed)")
+                store.Writer(run.out).repair(found, skeleton)
+            done = store.Writer(run.out).done()
+            n_todo = int(done.size - np.count_nonzero(done))
             _execute(spec, run, params, done, n_workers)
     except SpecError as err:
         print(f"simulate.grid: {err}", file=sys.stderr)
@@ -75,25 +89,35 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     writer = store.Writer(run.out)
     writer.update_attrs({"wall_time_s": writer.attrs["wall_time_s"] + elapsed})
-    _log(f"done: {n_todo} cells in {elapsed:.1f} s ({n_todo / elapsed:.2f} cells/s)")
+    _log(f"done: {n_todo} cells in {elapsed:.1f} s ({n_todo / max(elapsed, 1e-9):.2f} cells/s)")
     print(f"simulate.grid: wrote {run.out}")
     _next_steps(run.out)
     return 0
 
 
-def _existing(spec: Spec, run: Run) -> np.ndarray | None:
-    """The done mask of the store at ``run.out`` when it holds this sweep; None when a new store is
-    to be made there. SpecError if it holds something else and ``--overwrite`` was not given."""
+def _existing(spec: Spec, run: Run) -> tuple[str, store.Inspection | None]:
+    """What to do at ``run.out``: ("create", None) for a new store; ("resume", what
+    ``Writer.inspect`` found) when it holds this sweep; ("rebuild", None) when it is a sweep store
+    whose metadata cannot be read and ``--repair`` was given. SpecError if it holds something else
+    (without ``--overwrite``), is not a sweep store, or is damaged (without ``--repair``)."""
     if not run.out.exists():
-        return None
-    text = store.read_spec(run.out)
+        return "create", None
+    try:
+        text = store.read_spec(run.out)
+    except store.DamagedStore as err:
+        if run.repair:
+            return "rebuild", None
+        raise SpecError(
+            f"out={run.out}: a damaged sweep store ({err}); give --repair to rebuild it from "
+            "this spec, keeping its intact cells, or --overwrite to start again"
+        ) from None
     if text is None:
         raise SpecError(
             f"out={run.out}: exists and is not a sweep store; choose another --out "
             "(it is never replaced, even with --overwrite)"
         )
     if run.overwrite:
-        return None
+        return "create", None
     old = Spec.from_toml(text)
     if old != spec:
         changed = [f.name for f in fields(Spec) if getattr(old, f.name) != getattr(spec, f.name)]
@@ -101,7 +125,7 @@ def _existing(spec: Spec, run: Run) -> np.ndarray | None:
             f"out={run.out}: holds a different sweep (differs in {', '.join(changed)}); "
             "give --overwrite to replace it, or another --out"
         )
-    return store.Writer(run.out).done()
+    return "resume", store.Writer(run.out).inspect(schema.array_names(spec))
 
 
 def _execute(spec: Spec, run: Run, params: Params, done: np.ndarray, n_workers: int) -> None:
@@ -167,13 +191,13 @@ class _Progress:
 # The work
 
 
-def cell_seed(spec: Spec, cell: Cell) -> np.random.SeedSequence:
+def cell_seed(spec: Spec, cell: SweepCell) -> np.random.SeedSequence:
     """The random stream of ``cell``: child ``cell.flat`` of ``SeedSequence(spec.seed)``."""
     return np.random.SeedSequence(spec.seed, spawn_key=(cell.flat,))
 
 
-def simulate_cell(spec: Spec, cell: Cell) -> dict[str, np.ndarray]:
-    """One cell through the engine, as the stored arrays (``store.CELL_VARIABLES``)."""
+def simulate_cell(spec: Spec, cell: SweepCell) -> dict[str, np.ndarray]:
+    """One cell through the engine, as the stored arrays (``schema.CELL_VARIABLES``)."""
     ds = engines.run_cell(
         cell.activation,
         cell.sigma_w2,
@@ -183,7 +207,7 @@ def simulate_cell(spec: Spec, cell: Cell) -> dict[str, np.ndarray]:
         nets=spec.nets,
         q0=cell.q0,
         c0=spec.c0,
-        q_star=cell.q_star,
+        q_ref=cell.q_star,
         engine=spec.engine,
         seed=cell_seed(spec, cell),
         escape_factor=spec.escape_factor,
@@ -191,20 +215,26 @@ def simulate_cell(spec: Spec, cell: Cell) -> dict[str, np.ndarray]:
     ds = ds.isel(pair=0)  # the default input pair has one pair
     return {
         name: ds[name].transpose(*var.dims).values.astype(var.dtype)
-        for name, var in store.CELL_VARIABLES.items()
+        for name, var in schema.CELL_VARIABLES.items()
     }
 
 
-def run_batch(spec: Spec, batch: list[Cell]) -> list[tuple[tuple[int, ...], dict]]:
+def run_batch(spec: Spec, batch: list[SweepCell]) -> list[tuple[tuple[int, ...], dict]]:
     """A parallel task: (cell index, stored arrays) of each cell of ``batch``."""
     return [(cell.index, simulate_cell(spec, cell)) for cell in batch]
 
 
+def _engine(spec: Spec, width: int) -> engines.Engine:
+    """The engine whose cost and memory model the scheduler uses at ``width``: the spec's, or for
+    "auto" the cheapest registered (``_check_engine`` has checked the activations)."""
+    if spec.engine != engines.AUTO:
+        return engines.ENGINES[spec.engine]
+    return min(engines.ENGINES.values(), key=lambda e: e.cost(width, N_INPUTS))
+
+
 def _cost(spec: Spec, width: int) -> float:
-    """Relative work of a cell: nets x layers x width (the dense engine pays width^2 per layer)."""
-    width = max(width, FLOOR_WIDTH)
-    per_layer = width**2 / FLOOR_WIDTH if spec.engine == "dense" else width
-    return spec.nets * (spec.depth + 1) * per_layer
+    """Estimated time of a cell (ns): nets x layers x the engine's cost per network-layer."""
+    return spec.nets * (spec.depth + 1) * _engine(spec, width).cost(width, N_INPUTS)
 
 
 def _todo_cost(spec: Spec, done: np.ndarray) -> float:
@@ -213,42 +243,41 @@ def _todo_cost(spec: Spec, done: np.ndarray) -> float:
     return float(sum(n * _cost(spec, w) for n, w in zip(undone, spec.width, strict=True)))
 
 
+def _check_engine(spec: Spec, params: Params) -> None:
+    """SpecError unless the engine runs every activation of the sweep at every width."""
+    for index in np.ndindex(spec.param_shape):
+        for width in spec.width:
+            try:
+                engines.select_engine(spec.engine, params.acts[index], N_INPUTS, width)
+            except ValueError as err:
+                raise SpecError(str(err)) from None
+
+
 def _batches(
-    spec: Spec, todo: Iterable[Cell], target: float, max_batch: int | None
-) -> Iterator[list[Cell]]:
-    """Consecutive cells grouped until a group costs ``target`` or holds ``max_batch`` cells.
+    spec: Spec, todo: Iterable[SweepCell], target: float, max_batch: int | None
+) -> Iterator[list[SweepCell]]:
+    """Consecutive cells grouped while a group costs at most ``target`` (a cell costlier than that
+    alone) and holds at most ``max_batch`` cells.
 
     ``target`` is ``TASK_COST`` or less: small cells share a task so that joblib's per-task overhead
-    stays small, yet there are at least four tasks per worker, for load balance, when cells allow."""
+    stays small; with ``target`` at most a quarter of the total per worker, no group exceeding it
+    (but single big cells) leaves at least four tasks per worker, for load balance."""
     batch, cost = [], 0.0
     for cell in todo:
-        batch.append(cell)
-        cost += _cost(spec, cell.width)
-        if cost >= target or len(batch) == max_batch:
+        more = _cost(spec, cell.width)
+        if batch and (cost + more > target or len(batch) == max_batch):
             yield batch
             batch, cost = [], 0.0
+        batch.append(cell)
+        cost += more
     if batch:
         yield batch
 
 
-def _theory(spec: Spec, params: Params) -> dict[str, np.ndarray]:
-    """Per parameter cell: tau / sigma_w2 / sigma_b2 (those not on an axis) and the GP columns
-
-    q_gp[..., l] = q^l with q^0 = q0, q^{l+1} = V(q^l);  v_slope = V'(q_ref);  gp_sparsity at q_ref,
-
-    with q_ref = q* on the Edge of Chaos and q0 off it. Vectorised over the cells of each family."""
-    q_ref = params.q_star if spec.eoc else params.q0
-    out = {"tau": params.tau, "sigma_w2": params.sigma_w2, "sigma_b2": params.sigma_b2}
-    out["q_gp"] = np.empty((*spec.param_shape, spec.depth + 1))
-    out["v_slope"], out["gp_sparsity"] = np.empty(spec.param_shape), np.empty(spec.param_shape)
-    for i, family in enumerate(spec.family):  # family is the first parameter axis
-        act = Activation(family, params.tau[i], params.clip[i])
-        sw2, sb2 = params.sigma_w2[i], params.sigma_b2[i]
-        q_gp = gp.iterate_variance(act, params.q0[i], sw2, sb2, spec.depth)
-        out["q_gp"][i] = np.moveaxis(q_gp, 0, -1)
-        out["v_slope"][i] = gp.variance_slope(act, q_ref[i], sw2, sb2)
-        out["gp_sparsity"][i] = gp.sparsity(act, q_ref[i])
-    return {name: out[name] for name in store.param_variables(spec)}
+def _skeleton(spec: Spec, params: Params) -> xr.Dataset:
+    """The store before any cell: coordinates, theory and activations per parameter cell
+    (``schema.param_values``), ``cell_done`` False, attributes with provenance."""
+    return schema.skeleton(spec, schema.param_values(spec, params), _provenance(spec))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,8 +289,8 @@ def _check_resources(spec: Spec, run: Run, n_todo: int, creating: bool) -> None:
 
     Disk: the uncompressed size of the new store, or of the cells left to write. Memory: the
     per-parameter table (when creating) and three tasks per worker (joblib pre-dispatches two, one is
-    being written), each the output of about two cells and the engine's working set (gram: ~32
-    floats per net and unit; dense: two N x N weight matrices besides)."""
+    being written), each the engine's float64 output and its stored copy (about four times a cell's
+    stored bytes) and the engine's working memory (``Engine.workspace``) at the largest width."""
     need_disk = store.nbytes(spec) if creating else store.cell_nbytes(spec) * n_todo
     root = next(p for p in (run.out.absolute(), *run.out.absolute().parents) if p.exists())
     writable = root.is_dir() and os.access(root, os.W_OK)
@@ -274,8 +303,7 @@ def _check_resources(spec: Spec, run: Run, n_todo: int, creating: bool) -> None:
             f"{_size(free)} free (shrink the grid, nets or depth, or choose another --out)"
         )
     widest = max(spec.width)
-    work = 8 * (32 * spec.nets * widest + (2 * widest**2 if spec.engine == "dense" else 0))
-    per_task = 2 * store.cell_nbytes(spec) + work
+    per_task = 4 * store.cell_nbytes(spec) + _engine(spec, widest).workspace(widest, N_INPUTS)
     need_mem = 3 * joblib.effective_n_jobs(run.n_jobs) * per_task
     need_mem += store.param_nbytes(spec) if creating else 0
     available = _available_memory()
@@ -308,18 +336,9 @@ def _size(n: float) -> str:
 
 
 def _provenance(spec: Spec) -> dict:
-    """Dataset attributes: the spec as TOML, the run constants, versions, git commit, time."""
-    attrs = {
-        "title": "Monte Carlo sweep of deep random CReLU/CST networks (simulate.grid)",
-        "spec": spec.to_toml(),
-        "seed": spec.seed,
-        "depth": spec.depth,
-        "nets": spec.nets,
-        "q0": spec.q0,
-        "q_ref": "q_star" if spec.eoc else "q0",
-        "c0": spec.c0,
-        "escape_factor": spec.escape_factor,
-        "engine": spec.engine,
+    """Dataset attributes: ``schema.attributes`` (the spec as TOML, the run constants), versions,
+    git commit, time."""
+    attrs = schema.attributes(spec) | {
         "package_version": _package_version(),
         "numpy_version": np.__version__,
         "numba_version": numba.__version__,

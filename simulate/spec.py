@@ -4,7 +4,8 @@ A sweep is the cartesian product of the listed values of its *grid* fields. Two 
 
 - on the Edge of Chaos (default): axes ``family, sparsity | tau, clip, q_star``; each cell's
   (sigma_w^2, sigma_b^2) comes from ``gp.edge_of_chaos`` and, with ``sparsity``, its threshold from
-  ``tau = sqrt(q*) Phi^{-1}(s)`` (CReLU) or ``sqrt(q*) Phi^{-1}((1+s)/2)`` (CST);
+  ``tau = sqrt(q*) Phi^{-1}(s)`` (CReLU), ``sqrt(q*) Phi^{-1}((1+s)/2)`` (CST), or for a user
+  shape by root finding (:meth:`Shape.tau_for_sparsity`);
 - off the Edge of Chaos (``sigma_w2`` and ``sigma_b2`` given, with ``tau``): axes
   ``family, tau, clip, sigma_w2, sigma_b2``, for (sigma_w^2, sigma_b^2) phase diagrams. There is no q*;
   the inputs start at variance ``q0``.
@@ -17,26 +18,46 @@ range ``start:stop:count`` (endpoints included), a log range ``log:start:stop:co
 list of those; ``inf`` is a number (a valid clip). In TOML a key may also hold a number or an array.
 Flags override the file; ``sparsity`` and ``tau`` are alternatives, so giving one drops the other.
 
+A spec file may also define activations of its own, as ``[shape]`` tables (or ``[[shape]]`` for
+several), each a continuous piecewise-linear function given by its knots, its values there and its
+slopes outside them; a knot, value or slope is a number or a short expression in the grid's ``tau``
+and clip level ``m`` (numbers, ``tau``, ``m``, ``+ - * /``, parentheses)::
+
+    family = ["cst", "leaky_st"]            # a named family and the shape below, side by side
+    [shape]
+    name = "leaky_st"
+    knots = ["-tau - m", "-tau", "tau", "tau + m"]
+    values = ["-m", 0, 0, "m"]
+    left_slope = 0.05
+    right_slope = 0.05
+
+The shape's name is its ``family`` label. With a ``sparsity`` axis its tau is found per cell (see
+:meth:`Shape.tau_for_sparsity`). Every grid point must give a valid activation (finite, strictly
+increasing knots; finite values and slopes) with an Edge of Chaos; otherwise the spec is refused.
+
 Every problem is reported as one :class:`SpecError` line ``field=value: what is allowed``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import math
+import operator
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from itertools import product
+from itertools import pairwise, product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tomli_w
+from scipy import optimize
 
 from simulate import gp
 from simulate.activations import FAMILIES, Activation
-from simulate.engines import ENGINES
+from simulate.engines import engine_names
 
 BACKENDS = ("loky", "threading", "dask")
 
@@ -98,6 +119,16 @@ def _q0(token) -> float | str:
     return "q_star" if token == "q_star" else _number(token)
 
 
+_FAMILY_ALLOWED = f"one of {', '.join(FAMILIES)}, or the name of a [shape] in the spec file"
+
+_COUNT = "an integer >= 1 and < 2**31"
+
+
+def _count(n: int) -> bool:
+    """Widths, depths, counts: positive and small enough that sizes computed from them are floats."""
+    return 1 <= n < 2**31
+
+
 VARIANCE_RANGE = (1e-30, 1e30)
 """Input and fixed-point variances a store can hold: float32 trajectories, with the escape band."""
 
@@ -105,9 +136,9 @@ _FIELDS = (
     _Field(
         "family",
         _text,
-        lambda f: f in FAMILIES,
-        f"one of {', '.join(FAMILIES)}",
-        "activation families",
+        lambda f: f != "",
+        _FAMILY_ALLOWED,
+        "activation families (named, or a [shape] of the spec file)",
         grid=True,
     ),
     _Field(
@@ -158,9 +189,9 @@ _FIELDS = (
         "bias variances: off the EoC, with --sigma-w2 and --tau",
         grid=True,
     ),
-    _Field("width", _integer, lambda n: n >= 1, "an integer >= 1", "hidden widths N", grid=True),
-    _Field("depth", _integer, lambda n: n >= 1, "an integer >= 1", "number of layers L"),
-    _Field("nets", _integer, lambda n: n >= 1, "an integer >= 1", "networks per cell"),
+    _Field("width", _integer, _count, _COUNT, "hidden widths N", grid=True),
+    _Field("depth", _integer, _count, _COUNT, "number of layers L"),
+    _Field("nets", _integer, _count, _COUNT, "networks per cell"),
     _Field(
         "q0",
         _q0,
@@ -172,8 +203,8 @@ _FIELDS = (
     _Field(
         "engine",
         _text,
-        lambda e: e in ENGINES,
-        f"one of {', '.join(ENGINES)}",
+        lambda e: e in engine_names(),
+        f"one of {', '.join(engine_names())}",
         "Monte Carlo engine",
     ),
     _Field(
@@ -200,8 +231,8 @@ _FIELDS = (
     _Field(
         "n_jobs",
         _integer,
-        lambda n: n != 0,
-        "a non-zero integer (-1: all cores)",
+        lambda n: 1 <= abs(n) <= 1024,
+        "a non-zero integer in [-1024, 1024] (-1: all cores)",
         "parallel workers",
     ),
     _Field(
@@ -221,8 +252,8 @@ _FIELDS = (
     _Field(
         "max_batch",
         _integer,
-        lambda n: n >= 1,
-        "an integer >= 1",
+        _count,
+        _COUNT,
         "most cells per parallel task; default: small cells batched to ~50 ms",
     ),
     _Field(
@@ -231,6 +262,14 @@ _FIELDS = (
         lambda b: True,
         "true or false",
         "replace an existing store that holds a different sweep",
+    ),
+    _Field(
+        "repair",
+        _flag,
+        lambda b: True,
+        "true or false",
+        "rebuild a damaged store whose metadata cannot be read, from this spec, keeping its "
+        "intact cells (damaged cells of a readable store are recomputed on any run)",
     ),
 )
 _BY_NAME = {f.name: f for f in _FIELDS}
@@ -250,6 +289,7 @@ DEFAULTS = {
     "n_jobs": -1,
     "backend": "loky",
     "overwrite": False,
+    "repair": False,
 }
 """The built-in sweep (``python -m simulate.grid`` with no arguments) and the run defaults."""
 
@@ -277,6 +317,7 @@ class Spec:
     engine: str
     seed: int
     escape_factor: float
+    shape: tuple[Shape, ...] | None = None  # the user shapes named in ``family``
 
     @property
     def eoc(self) -> bool:
@@ -308,6 +349,13 @@ class Spec:
     def cell_shape(self) -> tuple[int, ...]:
         return (*self.param_shape, len(self.width))
 
+    def activation(self, family: str, tau: float, m: float) -> Activation:
+        """The activation of ``family`` (named, or one of this spec's shapes) at (tau, m)."""
+        for shape in self.shape or ():
+            if shape.name == family:
+                return shape.at(tau, m)
+        return Activation(family, tau, m)
+
     def to_toml(self) -> str:
         """The spec as a TOML file that ``python -m simulate.grid FILE`` runs again."""
         body = {
@@ -315,12 +363,20 @@ class Spec:
             for f in fields(self)
             if (value := getattr(self, f.name)) is not None
         }
+        if self.shape:
+            body["shape"] = [shape.table() for shape in self.shape]
         return "# python -m simulate.grid THIS.toml reproduces this sweep\n" + tomli_w.dumps(body)
 
     @classmethod
     def from_toml(cls, text: str) -> Spec:
         """Inverse of :meth:`to_toml` (validated like any spec file)."""
         return _spec(_merge(_read_toml(text, "spec"), {}))
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> Spec:
+        """A spec from the keys of a spec file given as Python values (numbers, lists, range
+        strings; ``shape`` a dict or a list of dicts), defaults for the rest, validated."""
+        return _spec(_merge(_check_keys(values), {}))
 
 
 @dataclass(frozen=True)
@@ -333,10 +389,11 @@ class Run:
     scheduler: str | None
     max_batch: int | None
     overwrite: bool
+    repair: bool
 
 
 @dataclass(frozen=True)
-class Cell:
+class SweepCell:
     """One (parameter cell, width) pair: where it sits in the grid and what to simulate.
 
     ``flat`` is its C-order position in the full grid of cells; it names the cell's random stream.
@@ -352,10 +409,7 @@ class Cell:
     q_star: float | None
     q0: float
     width: int
-
-    @property
-    def activation(self) -> Activation:
-        return Activation(self.family, self.tau, self.clip)
+    activation: Activation
 
 
 @dataclass(frozen=True)
@@ -368,35 +422,51 @@ class Params:
     sigma_b2: np.ndarray
     q_star: np.ndarray | None  # None off the Edge of Chaos
     q0: np.ndarray
+    acts: np.ndarray  # the Activation of each parameter cell (dtype object)
 
 
 def resolve(spec: Spec) -> Params:
-    """(tau, sigma_w^2, sigma_b^2) of every parameter cell; SpecError naming the first infeasible one.
+    """The activation and (tau, sigma_w^2, sigma_b^2) of every parameter cell; SpecError naming the
+    first infeasible one.
 
-    On the Edge of Chaos, per cell: tau from the sparsity (``Activation.from_sparsity``) if the grid has
-    one, then (sigma_w^2, sigma_b^2) from ``gp.edge_of_chaos(act, q*)``. Off it they are coordinates.
+    On the Edge of Chaos, per cell: tau from the sparsity if the grid has one
+    (``Activation.from_sparsity`` for a named family, :meth:`Shape.tau_for_sparsity` for a shape),
+    then (sigma_w^2, sigma_b^2) from ``gp.edge_of_chaos(act, q*)``, which must be finite. Off it
+    they are coordinates.
     """
     shape = spec.param_shape
     tau, sigma_w2, sigma_b2 = np.empty(shape), np.empty(shape), np.empty(shape)
+    acts = np.empty(shape, dtype=object)
     for index in np.ndindex(shape):
         point = {dim: getattr(spec, dim)[i] for dim, i in zip(spec.param_dims, index, strict=True)}
+        where = ", ".join(f"{k}={_show(v)}" for k, v in point.items())
+        family, m = point["family"], point["clip"]
         try:
-            if "sparsity" in point:
-                act = Activation.from_sparsity(
-                    point["family"], point["sparsity"], point["q_star"], point["clip"]
-                )
+            if "sparsity" not in point:
+                t = point["tau"]
+                act = spec.activation(family, t, m)
+            elif family in FAMILIES:
+                act = Activation.from_sparsity(family, point["sparsity"], point["q_star"], m)
+                t = act.tau
             else:
-                act = Activation(point["family"], point["tau"], point["clip"])
+                user = next(s for s in spec.shape if s.name == family)
+                t = user.tau_for_sparsity(point["sparsity"], point["q_star"], m)
+                act = user.at(t, m)
             eoc = gp.edge_of_chaos(act, point["q_star"]) if spec.eoc else None
         except ValueError as err:
-            where = ", ".join(f"{k}={_show(v)}" for k, v in point.items())
             raise SpecError(f"{err} (at {where})") from None
-        tau[index] = act.tau
+        if eoc and not (math.isfinite(eoc.sigma_w2) and math.isfinite(eoc.sigma_b2)):
+            raise SpecError(
+                f"{where}: the Edge of Chaos there is not finite (sigma_w2={_show(eoc.sigma_w2)}, "
+                f"sigma_b2={_show(eoc.sigma_b2)})"
+            )
+        acts[index] = act
+        tau[index] = t
         sigma_w2[index] = eoc.sigma_w2 if eoc else point["sigma_w2"]
         sigma_b2[index] = eoc.sigma_b2 if eoc else point["sigma_b2"]
     q_star = _along(spec, "q_star") if spec.eoc else None
     q0 = q_star if spec.q0 == "q_star" else np.full(shape, float(spec.q0))
-    return Params(tau, _along(spec, "clip"), sigma_w2, sigma_b2, q_star, q0)
+    return Params(tau, _along(spec, "clip"), sigma_w2, sigma_b2, q_star, q0, acts)
 
 
 def _along(spec: Spec, dim: str) -> np.ndarray:
@@ -406,11 +476,11 @@ def _along(spec: Spec, dim: str) -> np.ndarray:
     return np.broadcast_to(np.reshape(getattr(spec, dim), shape), spec.param_shape)
 
 
-def cells(spec: Spec, params: Params) -> Iterator[Cell]:
+def cells(spec: Spec, params: Params) -> Iterator[SweepCell]:
     """Every cell of the sweep, in C order over ``spec.cell_dims``."""
     for flat, index in enumerate(product(*(range(n) for n in spec.cell_shape))):
         p = index[:-1]
-        yield Cell(
+        yield SweepCell(
             flat=flat,
             index=index,
             family=spec.family[p[0]],
@@ -421,6 +491,7 @@ def cells(spec: Spec, params: Params) -> Iterator[Cell]:
             q_star=None if params.q_star is None else float(params.q_star[p]),
             q0=float(params.q0[p]),
             width=spec.width[index[-1]],
+            activation=params.acts[p],
         )
 
 
@@ -432,11 +503,18 @@ def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m simulate.grid``: a spec file and one flag per field."""
     p = _OneLineParser(
         prog="python -m simulate.grid",
-        description="Monte Carlo sweep of deep random CReLU/CST networks into a resumable zarr "
-        "store. Lists: a,b,c; ranges: start:stop:count or log:start:stop:count; inf is a valid "
-        "clip. With no arguments: the built-in default sweep into results/default.zarr.",
+        description="Monte Carlo sweep of deep random networks (CReLU, CST, or shapes of your own "
+        "given in a spec file) into a resumable zarr store. Lists: a,b,c; ranges: "
+        "start:stop:count or log:start:stop:count; inf is a valid clip. With no arguments: the "
+        "built-in default sweep into results/default.zarr.",
     )
-    p.add_argument("spec", nargs="?", help="TOML file with the same keys as the flags")
+    p.add_argument(
+        "spec",
+        nargs="?",
+        help="TOML file with the same keys as the flags, and [shape] tables for activations of "
+        "your own (knots, values, left_slope, right_slope: numbers or expressions in tau and m; "
+        "see specs/custom_shape.toml)",
+    )
     for f in _FIELDS:
         if f.kind is _flag:
             p.add_argument(f.flag, action="store_true", default=None, help=f.help)
@@ -477,10 +555,14 @@ def _read_toml(text: str, name: str) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"spec={name}: not valid TOML ({err})") from None
+    return _check_keys(data)
+
+
+def _check_keys(data: dict[str, Any]) -> dict[str, Any]:
     for key in data:
-        if key not in _BY_NAME:
+        if key not in _BY_NAME and key != "shape":
             raise SpecError(
-                f"{key}={_show(data[key])}: unknown key; allowed: {', '.join(_BY_NAME)}"
+                f"{key}={_show(data[key])}: unknown key; allowed: {', '.join(_BY_NAME)}, shape"
             )
     return data
 
@@ -490,7 +572,15 @@ def _merge(file: dict, flags: dict) -> dict[str, Any]:
     for given, other in (("sparsity", "tau"), ("tau", "sparsity")):
         if given in flags:
             file = {k: v for k, v in file.items() if k != other}
-    values = {name: _value(_BY_NAME[name], token) for name, token in {**file, **flags}.items()}
+    shapes = _shapes(file.get("shape"))
+    given = {k: v for k, v in {**file, **flags}.items() if k != "shape"}
+    values = {name: _value(_BY_NAME[name], token) for name, token in given.items()}
+    if shapes and "family" not in values:
+        values["family"] = tuple(s.name for s in shapes)
+    if "family" in values:
+        values["family"] = _families(values["family"], shapes)
+        used = tuple(s for s in shapes if s.name in values["family"])
+        values["shape"] = used or None
     eoc = "sigma_w2" not in values and "sigma_b2" not in values
     _check_kind(values, eoc)
     skip = set(values) | ({"sparsity"} if "tau" in values else set())
@@ -521,6 +611,27 @@ def _check_band(values: dict, eoc: bool) -> None:
             )
 
 
+def _shapes(tables) -> tuple[Shape, ...]:
+    """The ``[shape]`` table or ``[[shape]]`` tables of a spec file, names distinct."""
+    if tables is None:
+        return ()
+    shapes = tuple(Shape.from_table(t) for t in (tables if isinstance(tables, list) else [tables]))
+    names = [s.name for s in shapes]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise SpecError(f"shape.name={name}: two shapes have this name; give each its own")
+    return shapes
+
+
+def _families(given: tuple[str, ...], shapes: tuple[Shape, ...]) -> tuple[str, ...]:
+    """The family labels, each named or a shape's name, in the order: named families, shapes."""
+    order = [*FAMILIES, *(s.name for s in shapes)]
+    for family in given:
+        if family not in order:
+            raise SpecError(f"family={family}: must be {_FAMILY_ALLOWED}")
+    return tuple(sorted(given, key=order.index))
+
+
 def _spec(values: dict) -> Spec:
     return Spec(**{f.name: values.get(f.name) for f in fields(Spec)})
 
@@ -537,6 +648,7 @@ def _run(values: dict, default_out: Path) -> Run:
         scheduler=values.get("scheduler"),
         max_batch=values.get("max_batch"),
         overwrite=values["overwrite"],
+        repair=values["repair"],
     )
 
 
@@ -574,7 +686,7 @@ def _value(field: _Field, token):
     for i, item in enumerate(items):
         if item in items[:i]:
             raise SpecError(f"{field.name}={_show(item)}: listed twice; give each value once")
-    return tuple(sorted(items, key=FAMILIES.index if field.name == "family" else None))
+    return tuple(items) if field.name == "family" else tuple(sorted(items))  # see _families
 
 
 _NUMERIC = (_number, _integer, _q0)
@@ -622,6 +734,203 @@ def _typed(field: _Field, token):
         return field.kind(token)
     except (ValueError, TypeError):
         raise SpecError(f"{field.name}={_show(token)}: must be {field.allowed}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# User shapes
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_NAMES = ("tau", "m")
+_GRAMMAR = "numbers, tau, m, + - * / and parentheses"
+_ALLOWED = (ast.BinOp, ast.UnaryOp, ast.Name, ast.Load, *_BINARY, *_UNARY)
+
+
+def _compile(text: str, field: str) -> ast.expr:
+    """The syntax tree of an arithmetic expression in tau and m; SpecError for anything else."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except (SyntaxError, ValueError):  # ValueError: an integer literal too long to parse
+        raise SpecError(f"{field}={text}: not an expression; allowed: {_GRAMMAR}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id not in _NAMES:
+            raise SpecError(f"{field}={text}: unknown name {node.id}; allowed: {_GRAMMAR}")
+        number = isinstance(node, ast.Constant) and type(node.value) in (int, float)
+        if not (number or isinstance(node, _ALLOWED)) or (
+            number and not math.isfinite(_as_float(node.value))
+        ):
+            raise SpecError(f"{field}={text}: not allowed in an expression; allowed: {_GRAMMAR}")
+    return tree
+
+
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _evaluate(node: ast.expr, names: dict[str, float]) -> float:
+    """The value of a tree from :func:`_compile` (IEEE arithmetic: x / 0 is +-inf or nan)."""
+    if isinstance(node, ast.Constant):
+        return float(node.value)
+    if isinstance(node, ast.Name):
+        return names[node.id]
+    if isinstance(node, ast.UnaryOp):
+        return _UNARY[type(node.op)](_evaluate(node.operand, names))
+    left, right = _evaluate(node.left, names), _evaluate(node.right, names)
+    with np.errstate(all="ignore"):
+        return float(_BINARY[type(node.op)](np.float64(left), np.float64(right)))
+
+
+def _term(token, field: str) -> float | str:
+    """One knot, value or slope of a shape as written: a number, or an expression (kept as text)."""
+    if isinstance(token, bool) or not isinstance(token, int | float | str):
+        raise SpecError(f"{field}={_show(token)}: must be a number or an expression in {_GRAMMAR}")
+    if isinstance(token, str):
+        _compile(token, field)
+        return token.strip()
+    return float(token)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A user's continuous piecewise-linear activation: knots, values at them, slopes outside,
+    each a number or an expression in the grid's tau and clip level m (see the module docstring)."""
+
+    name: str
+    knots: tuple[float | str, ...]
+    values: tuple[float | str, ...]
+    left_slope: float | str = 0.0
+    right_slope: float | str = 0.0
+
+    @classmethod
+    def from_table(cls, table) -> Shape:
+        """A ``[shape]`` table of a spec file; SpecError naming the first bad entry."""
+        if not isinstance(table, dict):
+            raise SpecError(f"shape={_show(table)}: must be a table [shape] or [[shape]]")
+        name = table.get("name")
+        if not isinstance(name, str) or not name.strip() or "," in name or name in FAMILIES:
+            raise SpecError(
+                f"shape.name={_show(name)}: must be a text without commas, other than "
+                f"{', '.join(FAMILIES)} (it labels the shape's family)"
+            )
+        name = name.strip()
+        keys = ("name", "knots", "values", "left_slope", "right_slope")
+        for key in table:
+            if key not in keys:
+                raise SpecError(
+                    f"shape.{name}.{key}={_show(table[key])}: unknown key; allowed: {', '.join(keys)}"
+                )
+        lists = {}
+        for key in ("knots", "values"):
+            items = table.get(key)
+            if not isinstance(items, list) or not items:
+                raise SpecError(
+                    f"shape.{name}.{key}={_show(items)}: must be a list of at least one number "
+                    f"or expression in {_GRAMMAR}"
+                )
+            lists[key] = tuple(_term(t, f"shape.{name}.{key}") for t in items)
+        if len(lists["values"]) != len(lists["knots"]):
+            raise SpecError(
+                f"shape.{name}.values={_show(list(lists['values']))}: must have one value per knot "
+                f"({len(lists['knots'])})"
+            )
+        slopes = {k: _term(table.get(k, 0.0), f"shape.{name}.{k}") for k in keys[3:]}
+        return cls(name, lists["knots"], lists["values"], **slopes)
+
+    def table(self) -> dict:
+        """The ``[shape]`` table this shape reads from."""
+        return {
+            "name": self.name,
+            "knots": list(self.knots),
+            "values": list(self.values),
+            "left_slope": self.left_slope,
+            "right_slope": self.right_slope,
+        }
+
+    def uses(self, name: str) -> bool:
+        """True when some entry is an expression that mentions ``name`` (tau or m)."""
+        terms = (*self.knots, *self.values, self.left_slope, self.right_slope)
+        return any(
+            isinstance(t, str)
+            and any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(_compile(t, "")))
+            for t in terms
+        )
+
+    def at(self, tau: float, m: float) -> Activation:
+        """The activation at one grid point; ValueError naming the field, its entries and what is
+        wrong with their values there."""
+        names = {"tau": float(tau), "m": float(m)}
+        where = f"at tau={_show(float(tau))}, m={_show(float(m))}"
+
+        def evaluate(key: str, terms) -> list[float]:
+            out = [t if isinstance(t, float) else _evaluate(_compile(t, key), names) for t in terms]
+            if not all(math.isfinite(v) for v in out):
+                raise ValueError(
+                    f"shape.{self.name}.{key}={_show(list(terms))}: must be finite; {where} it is "
+                    f"{_show(out)}"
+                    + (" (a shape that uses m needs finite clip levels)" if math.isinf(m) else "")
+                )
+            return out
+
+        knots = evaluate("knots", self.knots)
+        values = evaluate("values", self.values)
+        (left,) = evaluate("left_slope", (self.left_slope,))
+        (right,) = evaluate("right_slope", (self.right_slope,))
+        if any(b <= a for a, b in pairwise(knots)):
+            raise ValueError(
+                f"shape.{self.name}.knots={_show(list(self.knots))}: must be strictly increasing; "
+                f"{where} they are {_show(knots)}"
+            )
+        return Activation.piecewise_linear(knots, values, left, right, name=self.name)
+
+    def tau_for_sparsity(self, sparsity: float, q_star: float, m: float) -> float:
+        """The smallest tau in [0, 40 sqrt(q*)] at which the GP sparsity at q*,
+
+            s(tau) = P(phi_tau(sqrt(q*) z) = 0),  z ~ N(0, 1)   (``gp.sparsity``),
+
+        equals ``sparsity``: s is evaluated on a grid of tau (0 and 120 geometric steps from
+        1e-6 sqrt(q*)), skipping the taus where the shape is invalid, and the first bracket where
+        s - sparsity changes sign is solved by brentq (to 1e-13 sqrt(q*)). s is continuous in tau
+        when the knots move continuously with it (as a shape's expressions do). ValueError naming
+        the reachable range when no bracket exists."""
+        scale = math.sqrt(q_star)
+        taus = scale * np.concatenate([[0.0], np.geomspace(1e-6, 40.0, 120)])
+
+        def gap(tau: float) -> float:
+            return float(gp.sparsity(self.at(tau, m), q_star)) - sparsity
+
+        points = []
+        for tau in taus:
+            try:
+                points.append((float(tau), gap(float(tau))))
+            except ValueError:
+                continue
+        for (t0, g0), (t1, g1) in pairwise(points):
+            if g0 == 0.0:
+                return t0
+            if g0 * g1 < 0:
+                try:
+                    return optimize.brentq(
+                        gap, t0, t1, xtol=1e-13 * scale, rtol=4 * np.finfo(float).eps
+                    )
+                except ValueError:  # the shape is invalid somewhere between two valid taus
+                    break
+        if points and points[-1][1] == 0.0:
+            return points[-1][0]
+        reach = [g + sparsity for _, g in points]
+        span = f"[{min(reach):.4g}, {max(reach):.4g}]" if reach else "nothing (no valid tau)"
+        raise ValueError(
+            f"sparsity={_show(sparsity)}: shape {self.name} reaches GP sparsity {span} at q*={_show(q_star)}, "
+            f"m={_show(m)} for tau in [0, {_show(40.0)} sqrt(q*)]"
+            + (" (its zero set does not depend on tau)" if not self.uses("tau") else "")
+        )
 
 
 def _show(value) -> str:

@@ -1,25 +1,22 @@
 """The stored form of a sweep: one zarr (v3) store, created whole and empty, then filled cell by cell.
 
-Schema, for a sweep with parameter axes P (``Spec.param_dims``: ``family, sparsity | tau, clip,
-q_star`` on the Edge of Chaos; ``family, tau, clip, sigma_w2, sigma_b2`` off it):
-
-    q(P, width, net, layer, input)          float32   empirical variance (1/N) sum_i (h_i^l)^2
-    corr(P, width, net, layer)              float32   empirical correlation of the two inputs
-    zero_frac(P, width, net, layer, input)  float32   fraction of units with phi(h) = 0
-    log_gain(P, width, net, layer)          float32   per-layer tangent gain ln(|t^l|^2 / |t^(l-1)|^2)
-    escape_layer(P, width, net)             int32     first escaped layer, -1 never
-    cell_done(P, width)                     bool      the cell's values above are written
-    tau, sigma_w2, sigma_b2 (P)             float64   those that are not axes
-    q_gp(P, layer)                          float64   GP iterate q^{l+1} = V(q^l) from q0
-    v_slope(P), gp_sparsity(P)              float64   V'(q_ref) and GP sparsity at q_ref
-
-with q_ref = q* on the Edge of Chaos and q0 off it. Cells not yet computed hold the fill values (NaN,
-and -2 for ``escape_layer``) and ``cell_done = False``: readers select on ``cell_done``.
+The schema (dimensions, variables, dtypes, fills, units, attributes) is :mod:`simulate.schema`; this
+module writes and checks it on disk.
 
 Crash safety: the store is built under a scratch name and renamed into place, so it exists only
-complete; zarr writes every chunk file atomically (write, then rename); each data variable has one
-chunk per cell, and a cell's ``cell_done`` flag is set only after all of its chunks are written. So a
-kill at any instant leaves every cell either done with its right values or not done.
+complete; zarr writes every chunk file atomically (write, then rename); each cell variable has one
+chunk per cell, written even when it holds only fill values, and a cell's ``cell_done`` flag is set
+only after all of its chunks are written. So a kill at any instant leaves every cell either done
+with its right values or not done.
+
+Damage: every chunk of every array carries a CRC-32C checksum of its compressed bytes (zarr's
+``crc32c`` codec after ``zstd``), so a chunk changed on disk fails to decode instead of reading
+as other numbers. :meth:`Writer.inspect` reads every chunk a store should have and reports what
+cannot be read: cells (a done cell with a missing or unreadable chunk), ``cell_done`` chunks, and
+whole coordinate or parameter arrays; :meth:`Writer.repair` makes the store consistent again
+(rewriting the arrays from the spec, unmarking the damaged cells) so that the sweep recomputes
+them. A store whose root metadata is unreadable is :class:`DamagedStore`; :func:`rebuild` remakes
+its metadata from the spec and keeps its chunk files, for the same inspection.
 """
 
 from __future__ import annotations
@@ -28,102 +25,46 @@ import math
 import os
 import shutil
 import warnings
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from simulate.schema import CELL_VARIABLES, PARAM_VARIABLES, cell_shape, param_variables
 from simulate.spec import Spec
 
-
-@dataclass(frozen=True)
-class Variable:
-    """A stored variable: its dimensions after the parameter (and width) axes, dtype, fill, meaning."""
-
-    dims: tuple[str, ...]
-    dtype: str
-    long_name: str
-    units: str = "1"
-    fill: float | int = np.nan
-
-
-CELL_VARIABLES = {
-    "q": Variable(
-        ("net", "layer", "input"),
-        "float32",
-        "empirical pre-activation variance (1/N) sum_i (h_i^l)^2",
-    ),
-    "corr": Variable(
-        ("net", "layer"),
-        "float32",
-        "empirical correlation of the pre-activations of the two inputs",
-    ),
-    "zero_frac": Variable(
-        ("net", "layer", "input"),
-        "float32",
-        "fraction of units with phi(h_i^l) = 0 (empirical sparsity)",
-    ),
-    "log_gain": Variable(
-        ("net", "layer"),
-        "float32",
-        "per-layer tangent gain ln(|t^l|^2 / |t^(l-1)|^2) along input 0 (NaN at "
-        "layer 0; -inf where the tangent dies)",
-    ),
-    "escape_layer": Variable(
-        ("net",),
-        "int32",
-        "first layer where some input's q leaves [q_ref / escape_factor, q_ref * "
-        "escape_factor] (-1: never; -2: cell not computed)",
-        fill=-2,
-    ),
-}
-"""Per cell (after the axes P, width): what the engine measures."""
-
-PARAM_VARIABLES = {
-    "tau": Variable((), "float64", "threshold tau of the activation"),
-    "sigma_w2": Variable((), "float64", "weight variance sigma_w^2 (W_ij ~ N(0, sigma_w^2 / N))"),
-    "sigma_b2": Variable((), "float64", "bias variance sigma_b^2"),
-    "q_gp": Variable(("layer",), "float64", "GP variance iterate q^{l+1} = V(q^l), q^0 = q0"),
-    "v_slope": Variable((), "float64", "slope V'(q_ref) of the GP variance map"),
-    "gp_sparsity": Variable((), "float64", "GP sparsity P(phi(sqrt(q_ref) z) = 0)"),
-}
-"""Per parameter cell (after the axes P): the network's variances and the GP theory."""
-
-COORDINATES = {
-    "family": "activation family (crelu: clipped shifted ReLU; cst: clipped soft thresholding)",
-    "sparsity": "target GP sparsity at q*",
-    "tau": "threshold tau of the activation",
-    "clip": "clip level m (inf: unclipped)",
-    "q_star": "fixed-point variance q* of the Edge of Chaos",
-    "sigma_w2": "weight variance sigma_w^2 (W_ij ~ N(0, sigma_w^2 / N))",
-    "sigma_b2": "bias variance sigma_b^2",
-    "width": "hidden width N",
-    "net": "network index within a cell",
-    "layer": "layer index l (0: the inputs' first pre-activations)",
-    "input": "input index (two inputs at correlation c0)",
-}
+COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())
+"""Codecs after the bytes serialiser, for every array: zstd (zarr's default), then a checksum."""
 
 _FLAG_CHUNK = 4096
 """Most ``cell_done`` flags per chunk (a flag is set by rewriting its chunk)."""
 
-
-def param_variables(spec: Spec) -> tuple[str, ...]:
-    """The per-parameter variables of this sweep: tau / sigma_w2 / sigma_b2 unless they are axes."""
-    return tuple(v for v in PARAM_VARIABLES if v not in spec.param_dims)
+_WRITE_ALL = {"write_empty_chunks": True}
+"""Array configuration of the writer: a chunk of fill values is written too, so that a done cell
+without a chunk file is known to be damaged."""
 
 
 def cell_nbytes(spec: Spec) -> int:
     """Bytes of one cell's engine output, uncompressed."""
-    return sum(np.dtype(v.dtype).itemsize * _count(spec, v.dims) for v in CELL_VARIABLES.values())
+    return sum(
+        np.dtype(var.dtype).itemsize * math.prod(cell_shape(spec, name)[len(spec.cell_dims) :])
+        for name, var in CELL_VARIABLES.items()
+    )
 
 
 def param_nbytes(spec: Spec) -> int:
     """Bytes of the per-parameter variables."""
+    knots = max([4, *(len(shape.knots) for shape in spec.shape or ())])  # 4: CST, the most named
+    lengths = {"layer": spec.depth + 1, "knot": knots}
     per_param = sum(
-        np.dtype(PARAM_VARIABLES[v].dtype).itemsize * _count(spec, PARAM_VARIABLES[v].dims)
+        np.dtype(PARAM_VARIABLES[v].dtype).itemsize
+        * math.prod(lengths[d] for d in PARAM_VARIABLES[v].dims)
         for v in param_variables(spec)
     )
     return math.prod(spec.param_shape) * per_param
@@ -134,62 +75,29 @@ def nbytes(spec: Spec) -> int:
     return param_nbytes(spec) + math.prod(spec.cell_shape) * (cell_nbytes(spec) + 1)
 
 
-def _count(spec: Spec, dims: tuple[str, ...]) -> int:
-    """Number of values along the trailing dimensions ``dims`` of a variable."""
-    lengths = {"net": spec.nets, "layer": spec.depth + 1, "input": 2}
-    return math.prod(lengths[d] for d in dims)
-
-
-def create(path: Path, spec: Spec, params: dict[str, np.ndarray], attrs: dict) -> None:
-    """Write the empty store for ``spec`` at ``path`` (replacing what is there): coordinates, the
-    per-parameter variables ``params`` (arrays over the parameter axes, ``q_gp`` with a trailing layer
-    axis), fill-valued cell variables, ``cell_done = False`` and the dataset attributes."""
+def create(path: Path, skeleton: xr.Dataset, spec: Spec) -> None:
+    """Write the empty store at ``path`` (replacing what is there): ``skeleton`` (from
+    :func:`simulate.schema.skeleton`: coordinates, parameter variables, ``cell_done`` False,
+    attributes), then the cell variables of ``spec``, fill-valued, one chunk per cell."""
     scratch = path.with_name(path.name + ".creating")
     shutil.rmtree(scratch, ignore_errors=True)
-    cell_dims = spec.cell_dims
-    coords = {
-        **{dim: np.asarray(values) for dim, values in spec.coords().items()},
-        "net": np.arange(spec.nets),
-        "layer": np.arange(spec.depth + 1),
-        "input": np.arange(2),
-    }
-    ds = xr.Dataset(
-        {
-            name: ((*spec.param_dims, *PARAM_VARIABLES[name].dims), params[name], _attrs(name))
-            for name in param_variables(spec)
-        },
-        coords={
-            dim: (dim, values, {"long_name": COORDINATES[dim], "units": "1"})
-            for dim, values in coords.items()
-        },
-        attrs=attrs,
-    )
-    ds["cell_done"] = (
-        cell_dims,
-        np.zeros(spec.cell_shape, dtype=bool),
-        {"long_name": "the cell's values are written (readers select on this)", "units": "1"},
-    )
-    flag_chunks = _flag_chunks(spec.cell_shape)
+    encoding = {name: {"compressors": COMPRESSORS} for name in skeleton.variables}
+    encoding["cell_done"]["chunks"] = _flag_chunks(spec.cell_shape)
     with _quiet():
-        ds.to_zarr(
-            scratch,
-            mode="w",
-            zarr_format=3,
-            consolidated=False,
-            encoding={"cell_done": {"chunks": flag_chunks}},
-        )
+        skeleton.to_zarr(scratch, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
         group = zarr.open_group(scratch, mode="r+")
+        n = len(spec.cell_dims)
         for name, var in CELL_VARIABLES.items():
-            dims = (*cell_dims, *var.dims)
-            shape = (*spec.cell_shape, *(len(coords[d]) for d in var.dims))
+            shape = cell_shape(spec, name)
             group.create_array(
                 name,
                 shape=shape,
-                chunks=(1,) * len(cell_dims) + shape[len(cell_dims) :],
+                chunks=(1,) * n + shape[n:],
                 dtype=var.dtype,
                 fill_value=var.fill,
-                dimension_names=dims,
-                attributes=_attrs(name),
+                compressors=COMPRESSORS,
+                dimension_names=(*spec.cell_dims, *var.dims),
+                attributes=var.attrs,
             )
         zarr.consolidate_metadata(scratch)
     if path.exists():  # swap, then delete: a kill at any point never leaves the old store half gone
@@ -199,11 +107,6 @@ def create(path: Path, spec: Spec, params: dict[str, np.ndarray], attrs: dict) -
         shutil.rmtree(replaced)
     else:
         scratch.rename(path)
-
-
-def _attrs(name: str) -> dict[str, str]:
-    var = CELL_VARIABLES.get(name) or PARAM_VARIABLES[name]
-    return {"long_name": var.long_name, "units": var.units}
 
 
 def _flag_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -216,14 +119,75 @@ def _flag_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(chunks))
 
 
+class DamagedStore(Exception):
+    """A sweep store whose root metadata (and so its spec) cannot be read."""
+
+
 def read_spec(path: Path) -> str | None:
-    """The spec TOML of the sweep store at ``path``; None if ``path`` is not one."""
+    """The spec TOML of the sweep store at ``path``; None if ``path`` is not one. DamagedStore if
+    it has the layout of one (a ``cell_done`` array) but its root metadata cannot be read or a cell
+    variable is missing."""
     try:
-        group = zarr.open_group(path, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
+        with _quiet():
+            group = zarr.open_group(path, mode="r")
+            spec = group.attrs.get("spec")
+            ok = isinstance(spec, str) and "cell_done" in group
+            missing = [name for name in CELL_VARIABLES if name not in group]
+    except Exception as err:  # any failure to read the root metadata
+        if (path / "cell_done" / "zarr.json").is_file():
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DamagedStore(f"cannot read {path / 'zarr.json'}: {reason}") from None
         return None
-    spec = group.attrs.get("spec")
-    return spec if isinstance(spec, str) and "cell_done" in group else None
+    if ok and missing:
+        raise DamagedStore(f"no array {', '.join(missing)}")
+    return spec if ok else None
+
+
+def rebuild(path: Path, skeleton: xr.Dataset, spec: Spec) -> None:
+    """Remake the store at ``path`` from ``spec``, keeping the chunk files of its cell variables and
+    of ``cell_done`` (whatever of them is intact; :meth:`Writer.inspect` tells)."""
+    fresh = path.with_name(path.name + ".rebuilt")
+    shutil.rmtree(fresh, ignore_errors=True)
+    create(fresh, skeleton, spec)
+    for name in (*CELL_VARIABLES, "cell_done"):
+        chunks = path / name / "c"
+        if chunks.is_dir():
+            shutil.rmtree(fresh / name / "c", ignore_errors=True)
+            chunks.rename(fresh / name / "c")
+    replaced = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+    path.rename(replaced)
+    fresh.rename(path)
+    shutil.rmtree(replaced)
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What :meth:`Writer.inspect` read: ``done`` (the ``cell_done`` flags, False where unreadable),
+    and the damage: ``cells`` (done cells with a missing or unreadable chunk), ``flags`` (cells
+    whose ``cell_done`` chunk is unreadable), ``arrays`` (coordinates or parameter variables that
+    cannot be read whole)."""
+
+    done: np.ndarray
+    cells: np.ndarray
+    flags: np.ndarray
+    arrays: tuple[str, ...]
+
+    @property
+    def intact(self) -> np.ndarray:
+        """The cells that are done and whose every chunk reads back."""
+        return self.done & ~self.cells
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.arrays or self.cells.any() or self.flags.any())
+
+    def describe(self) -> str:
+        parts = []
+        if self.cells.any() or self.flags.any():
+            parts.append(f"{int((self.cells | self.flags).sum())} damaged cells")
+        if self.arrays:
+            parts.append(f"missing or unreadable {', '.join(self.arrays)}")
+        return "; ".join(parts)
 
 
 class Writer:
@@ -233,7 +197,10 @@ class Writer:
         self.path = path
         with _quiet():
             self._group = zarr.open_group(path, mode="r+")
-        self._arrays = {name: self._group[name] for name in (*CELL_VARIABLES, "cell_done")}
+        self._arrays = {
+            name: self._group[name].with_config(_WRITE_ALL)
+            for name in (*CELL_VARIABLES, "cell_done")
+        }
 
     def done(self) -> np.ndarray:
         """The ``cell_done`` mask over the cell axes."""
@@ -246,6 +213,68 @@ class Writer:
             self._arrays[name][index] = values[name]
         self._arrays["cell_done"][index] = True
 
+    def inspect(self, expected: Iterable[str] = ()) -> Inspection:
+        """Read every chunk the store should hold (see the module docstring); an ``expected``
+        coordinate or parameter variable that is absent (a store older than the schema) counts
+        as unreadable."""
+        flags = self._arrays["cell_done"]
+        done = np.zeros(flags.shape, dtype=bool)
+        unreadable = np.zeros(flags.shape, dtype=bool)
+        for region in _chunk_regions(flags.shape, flags.chunks):
+            try:
+                done[region] = flags[region]
+            except Exception:  # a damaged chunk: any decoding error
+                unreadable[region] = True
+        cells = np.zeros(flags.shape, dtype=bool)
+        for index in zip(*np.nonzero(done), strict=True):
+            cells[index] = not all(self._intact(name, index) for name in CELL_VARIABLES)
+        arrays = [name for name in expected if name not in self._group]
+        for name, array in self._group.arrays():
+            if name not in self._arrays:
+                try:
+                    array[...]
+                except Exception:
+                    arrays.append(name)
+        return Inspection(done, cells, unreadable, tuple(sorted(arrays)))
+
+    def _intact(self, name: str, index: tuple[int, ...]) -> bool:
+        """The chunk of cell ``index`` of the cell variable ``name`` exists and decodes."""
+        array = self._arrays[name]
+        key = "/".join(map(str, (*index, *(0,) * (array.ndim - len(index)))))
+        if not (self.path / name / "c" / key).is_file():
+            return False
+        try:
+            array[tuple(int(i) for i in index)]
+        except Exception:  # any decoding error
+            return False
+        return True
+
+    def repair(self, found: Inspection, skeleton: xr.Dataset | None) -> None:
+        """Rewrite the unreadable arrays and add the absent ones from ``skeleton`` (the store's
+        coordinates and parameter variables, from the spec; needed only when ``found.arrays``), and
+        unmark the damaged cells. ``cell_done`` is rewritten a whole chunk at a time: a damaged
+        chunk cannot be updated in place."""
+        absent = [name for name in found.arrays if name not in self._group]
+        for name in found.arrays:
+            if name not in absent:
+                self._group[name].with_config(_WRITE_ALL)[...] = skeleton[name].values
+        if absent:
+            added = skeleton[absent]
+            added = added.drop_vars([c for c in added.coords if c not in absent])
+            with _quiet():
+                added.to_zarr(
+                    self.path,
+                    mode="a",
+                    zarr_format=3,
+                    consolidated=False,
+                    encoding={name: {"compressors": COMPRESSORS} for name in added.variables},
+                )
+                zarr.consolidate_metadata(self.path)
+        flags = self._arrays["cell_done"]
+        for region in _chunk_regions(flags.shape, flags.chunks):
+            if (found.cells[region] | found.flags[region]).any():
+                flags[region] = found.intact[region]
+
     def update_attrs(self, attrs: dict) -> None:
         """Set dataset attributes (and refresh the consolidated metadata that readers use)."""
         with _quiet():
@@ -255,6 +284,13 @@ class Writer:
     @property
     def attrs(self) -> dict:
         return dict(self._group.attrs)
+
+
+def _chunk_regions(shape: tuple[int, ...], chunks: tuple[int, ...]):
+    """The slices of every chunk of an array."""
+    starts = (range(0, n, c) for n, c in zip(shape, chunks, strict=True))
+    for corner in product(*starts):
+        yield tuple(slice(s, s + c) for s, c in zip(corner, chunks, strict=True))
 
 
 @contextmanager

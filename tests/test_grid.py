@@ -9,6 +9,7 @@ subprocess to check the exit status and the single line on stderr.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -22,8 +23,9 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from scipy import special
 
-from simulate import engines, gp, grid, store
+from simulate import engines, gp, grid, schema
 from simulate.activations import Activation
 from simulate.spec import Spec, SpecError, cells, parse, resolve
 
@@ -85,7 +87,7 @@ def test_schema(reference):
     spec, _ = parse(GRID)
     cell = ("family", "sparsity", "clip", "q_star", "width")
     assert dict(ds.sizes) == {"family": 2, "sparsity": 2, "clip": 3, "q_star": 2, "width": 2,
-                              "net": 6, "layer": 41, "input": 2}  # fmt: skip
+                              "net": 6, "layer": 41, "input": 2, "knot": 4}  # fmt: skip
     assert list(ds.family.values) == ["crelu", "cst"]
     assert np.isinf(ds["clip"].values[-1])  # ds.clip is the method
     expect = {
@@ -101,6 +103,10 @@ def test_schema(reference):
         "q_gp": ((*cell[:-1], "layer"), np.float64),
         "v_slope": (cell[:-1], np.float64),
         "gp_sparsity": (cell[:-1], np.float64),
+        "act_knots": ((*cell[:-1], "knot"), np.float64),
+        "act_values": ((*cell[:-1], "knot"), np.float64),
+        "act_left_slope": (cell[:-1], np.float64),
+        "act_right_slope": (cell[:-1], np.float64),
     }
     assert set(ds.data_vars) == set(expect)
     for name, (dims, dtype) in expect.items():
@@ -134,6 +140,26 @@ def test_theory_columns(reference):
     np.testing.assert_allclose(point.gp_sparsity, 0.8, rtol=1e-12)
 
 
+def test_activation_descriptions(reference):
+    """Each parameter cell stores its activation's knots and values (NaN-padded to the four knots of
+    clipped CST), with the outer slopes: checked against the families' definitions, with tau from
+    the sparsity in closed form (CST: s = erf(tau / sqrt(2 q*)); CReLU: s = Phi(tau / sqrt(q*)))."""
+    ds = load(reference)
+    tau_cst = math.sqrt(2 * 2.0) * special.erfinv(0.8)  # q* = 2
+    tau_crelu = math.sqrt(1.0) * special.ndtri(0.6)  # q* = 1
+    cases = {
+        ("cst", 0.8, 1.0, 2.0): ([-tau_cst - 1, -tau_cst, tau_cst, tau_cst + 1], [-1, 0, 0, 1], 0, 0),
+        ("cst", 0.8, math.inf, 2.0): ([-tau_cst, tau_cst, np.nan, np.nan], [0, 0, np.nan, np.nan], 1, 1),
+        ("crelu", 0.6, 2.0, 1.0): ([tau_crelu, tau_crelu + 2, np.nan, np.nan], [0, 2, np.nan, np.nan], 0, 0),
+        ("crelu", 0.6, math.inf, 1.0): ([tau_crelu, np.nan, np.nan, np.nan], [0, np.nan, np.nan, np.nan], 0, 1),
+    }  # fmt: skip
+    for (family, s, m, q_star), (knots, values, left, right) in cases.items():
+        point = ds.sel(family=family, sparsity=s, clip=m, q_star=q_star)
+        np.testing.assert_allclose(point.act_knots, knots, rtol=1e-14, err_msg=family)
+        np.testing.assert_array_equal(point.act_values, values)
+        assert (float(point.act_left_slope), float(point.act_right_slope)) == (left, right)
+
+
 def test_values_are_run_cell_with_the_cell_seed(reference):
     """Each cell is engines.run_cell with child `flat position` of SeedSequence(seed)."""
     ds = load(reference)
@@ -144,9 +170,9 @@ def test_values_are_run_cell_with_the_cell_seed(reference):
         got = ds.isel(dict(zip(spec.cell_dims, cell.index, strict=True)))
         want = engines.run_cell(
             cell.activation, cell.sigma_w2, cell.sigma_b2, width=cell.width, depth=40, nets=6,
-            q0=cell.q_star, c0=0.5, q_star=cell.q_star, seed=children[cell.flat],
+            q0=cell.q_star, c0=0.5, q_ref=cell.q_star, seed=children[cell.flat],
         ).isel(pair=0)  # fmt: skip
-        for name, var in store.CELL_VARIABLES.items():
+        for name, var in schema.CELL_VARIABLES.items():
             expected = want[name].transpose(*var.dims).values.astype(var.dtype)
             np.testing.assert_array_equal(got[name].values, expected, err_msg=name)
 
@@ -241,7 +267,7 @@ def test_interrupt_and_kill_9_then_resume_equals_uninterrupted(reference, tmp_pa
         partial = load(out)
         done = partial.cell_done.values
         assert first < done.sum() < done.size
-        for name in store.CELL_VARIABLES:
+        for name in schema.CELL_VARIABLES:
             np.testing.assert_array_equal(partial[name].values[done], ref[name].values[done])
         first = done.sum()
     run = sweep(*GRID, "--n-jobs", 2, "--out", out)
@@ -303,15 +329,15 @@ def test_bad_value_exits_2_with_one_line(tmp_path):
 
 
 BAD = {
-    "type": (["--width", "abc"], "width=abc: must be an integer >= 1"),
-    "integer": (["--nets", "2.5"], "nets=2.5: must be an integer >= 1"),
+    "type": (["--width", "abc"], "width=abc: must be an integer >= 1 and < 2**31"),
+    "integer": (["--nets", "2.5"], "nets=2.5: must be an integer >= 1 and < 2**31"),
     "range value": (["--clip", "0,1"], "clip=0: must be > 0, or inf"),
     "range syntax": (["--sparsity", "0.6:0.9"], "sparsity=0.6:0.9: a range is start:stop:count"),
     "log range": (["--width", "log:0:64:3"], "width=log:0:64:3: a range is"),
     "duplicate": (["--width", "16,16.0"], "width=16: listed twice"),
     "scalar list": (["--depth", "5,6"], "depth=5,6: must be one value"),
     "family": (["--family", "relu"], "family=relu: must be one of crelu, cst"),
-    "engine": (["--engine", "fast"], "engine=fast: must be one of gram, dense, auto"),
+    "engine": (["--engine", "fast"], "engine=fast: must be one of gram, dense, "),
     "sparsity of family": (["--sparsity", "0.3"], "sparsity=0.3: must be in [0.5, 1) for crelu"),
     "not on the EoC": (["--tau", "40"], "(at family=crelu, tau=40, clip=0.5, q_star=1)"),
     "sparsity and tau": (["--tau", "1", "--sparsity", "0.6"], "give sparsity or tau, not both"),
@@ -431,6 +457,24 @@ def test_spec_round_trips_through_toml():
         assert Spec.from_toml(spec.to_toml()) == spec
 
 
+def test_huge_clip_levels_are_the_unclipped_network(tmp_path):
+    """Clip levels up to the largest float: the sweep runs, and the theory is the unclipped one
+    (CReLU at sparsity 0.8: sigma_w^2 = 1 / (1 - s) = 5 exactly, V'(q*) = 1)."""
+    out = tmp_path / "huge.zarr"
+    argv = ["--family", "crelu", "--sparsity", "0.8", "--clip", "1e155,1.7976931348623157e308,inf",
+            "--width", "8", "--depth", "4", "--nets", "2", "--n-jobs", "1", "--out", str(out)]  # fmt: skip
+    assert grid.main(argv) == 0
+    ds = load(out)
+    assert ds.cell_done.all() and np.isfinite(ds.q).all()
+    np.testing.assert_allclose(ds.sigma_w2, 5.0, rtol=1e-12)
+    np.testing.assert_allclose(ds.v_slope, 1.0, rtol=1e-12)
+    unclipped = ds.sel(clip=np.inf)
+    for m in ds["clip"].values[:-1]:
+        clipped = ds.sel(clip=m)
+        np.testing.assert_allclose(clipped.sigma_b2, unclipped.sigma_b2, rtol=1e-12)
+        np.testing.assert_allclose(clipped.q_gp, unclipped.q_gp, rtol=1e-12)
+
+
 def test_infeasible_cell_is_named():
     spec, _ = parse(["--family", "cst", "--tau", "0.1,45", "--clip", "inf"])
     with pytest.raises(SpecError, match=r"\(at family=cst, tau=45, clip=inf, q_star=1\)$"):
@@ -441,7 +485,7 @@ def test_batches_cover_every_cell_once():
     spec, _ = parse(GRID)
     todo = list(cells(spec, resolve(spec)))
     total = grid._todo_cost(spec, np.zeros(spec.cell_shape, dtype=bool))
-    assert total == sum(grid._cost(spec, c.width) for c in todo)
+    assert total == pytest.approx(sum(grid._cost(spec, c.width) for c in todo), rel=1e-12)
     for n_workers, max_batch in ((1, None), (2, None), (2, 1), (4, 5)):
         target = min(grid.TASK_COST, total / (4 * n_workers))
         batches = list(grid._batches(spec, iter(todo), target, max_batch))

@@ -1,0 +1,343 @@
+"""The schema of a sweep store, defined once: dimensions, variables, dtypes, fills, units, long names
+and dataset attributes. The writer (``simulate.store``, ``simulate.grid``), the reader (``analysis``)
+and the tests' synthetic stores (:func:`synthetic_store`) all take it from here.
+
+Dimensions. A sweep has parameter axes P (``Spec.param_dims``: ``family, sparsity | tau, clip,
+q_star`` on the Edge of Chaos; ``family, tau, clip, sigma_w2, sigma_b2`` off it), then ``width``;
+a (parameter cell, width) pair is a *cell*. Inside a cell: ``net``, ``layer`` (0 = the inputs'
+pre-activations, to ``depth``), ``input`` (two inputs at correlation c0). The activation
+descriptions run along ``knot`` (as many as the largest K of the sweep).
+
+    q(P, width, net, layer, input)          float32   empirical variance (1/N) sum_i (h_i^l)^2
+    corr(P, width, net, layer)              float32   empirical correlation of the two inputs
+    zero_frac(P, width, net, layer, input)  float32   fraction of units with phi(h) = 0
+    log_gain(P, width, net, layer)          float32   per-layer tangent gain ln(|t^l|^2 / |t^(l-1)|^2)
+    escape_layer(P, width, net)             int32     first escaped layer, -1 never
+    cell_done(P, width)                     bool      the cell's values above are written
+    tau, sigma_w2, sigma_b2 (P)             float64   those that are not axes
+    q_gp(P, layer)                          float64   GP iterate q^{l+1} = V(q^l) from q0
+    v_slope(P), gp_sparsity(P)              float64   V'(q_ref) and GP sparsity at q_ref
+    act_knots(P, knot), act_values(P, knot) float64   the activation's knots and values, NaN-padded
+    act_left_slope(P), act_right_slope(P)   float64   its slopes left of the first, right of the last knot
+
+with q_ref = q* on the Edge of Chaos and q0 off it. The activation of a parameter cell is the
+continuous piecewise-linear function through (act_knots, act_values) with the two outer slopes
+(:func:`activation_at` rebuilds it); ``family`` is its label (a named family, or a user shape's
+name). Cells not yet computed hold the fill values (NaN, -2 for ``escape_layer``) and
+``cell_done = False``: readers select on ``cell_done``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from simulate import gp
+from simulate.activations import Activation
+from simulate.spec import Params, Spec, SweepCell, cells, resolve
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A stored variable: its dimensions after the leading axes (P and width for a cell variable,
+    P for a parameter variable), dtype, meaning, units and the value of what is not written yet."""
+
+    dims: tuple[str, ...]
+    dtype: str
+    long_name: str
+    units: str = "1"
+    fill: float | int | bool = math.nan
+
+    @property
+    def attrs(self) -> dict[str, str]:
+        return {"long_name": self.long_name, "units": self.units}
+
+
+CELL_VARIABLES = {
+    "q": Variable(
+        ("net", "layer", "input"),
+        "float32",
+        "empirical pre-activation variance (1/N) sum_i (h_i^l)^2",
+    ),
+    "corr": Variable(
+        ("net", "layer"),
+        "float32",
+        "empirical correlation of the pre-activations of the two inputs",
+    ),
+    "zero_frac": Variable(
+        ("net", "layer", "input"),
+        "float32",
+        "fraction of units with phi(h_i^l) = 0 (empirical sparsity)",
+    ),
+    "log_gain": Variable(
+        ("net", "layer"),
+        "float32",
+        "per-layer tangent gain ln(|t^l|^2 / |t^(l-1)|^2) along input 0 (NaN at "
+        "layer 0; -inf where the tangent dies)",
+    ),
+    "escape_layer": Variable(
+        ("net",),
+        "int32",
+        "first layer where some input's q leaves [q_ref / escape_factor, q_ref * "
+        "escape_factor] (-1: never; -2: cell not computed)",
+        fill=-2,
+    ),
+}
+"""Per cell (after the axes P, width): what the engine measures."""
+
+CELL_DONE = Variable(
+    (), "bool", "the cell's values are written (readers select on this)", fill=False
+)
+"""``cell_done(P, width)``."""
+
+PARAM_VARIABLES = {
+    "tau": Variable((), "float64", "threshold tau of the activation"),
+    "sigma_w2": Variable((), "float64", "weight variance sigma_w^2 (W_ij ~ N(0, sigma_w^2 / N))"),
+    "sigma_b2": Variable((), "float64", "bias variance sigma_b^2"),
+    "q_gp": Variable(("layer",), "float64", "GP variance iterate q^{l+1} = V(q^l), q^0 = q0"),
+    "v_slope": Variable((), "float64", "slope V'(q_ref) of the GP variance map"),
+    "gp_sparsity": Variable((), "float64", "GP sparsity P(phi(sqrt(q_ref) z) = 0)"),
+    "act_knots": Variable(
+        ("knot",), "float64", "knots of the piecewise-linear activation (NaN: no such knot)"
+    ),
+    "act_values": Variable(("knot",), "float64", "activation values phi(knot) (NaN: no such knot)"),
+    "act_left_slope": Variable((), "float64", "activation slope left of the first knot"),
+    "act_right_slope": Variable((), "float64", "activation slope right of the last knot"),
+}
+"""Per parameter cell (after the axes P): the network's variances, the GP theory, the activation."""
+
+AXIS_VARIABLES = ("tau", "sigma_w2", "sigma_b2")
+"""Parameter variables that are not stored when they are axes of the sweep."""
+
+COORDINATES = {
+    "family": "activation family (crelu: clipped shifted ReLU; cst: clipped soft thresholding; "
+    "else a user shape's name)",
+    "sparsity": "target GP sparsity at q*",
+    "tau": "threshold tau of the activation",
+    "clip": "clip level m (inf: unclipped)",
+    "q_star": "fixed-point variance q* of the Edge of Chaos",
+    "sigma_w2": "weight variance sigma_w^2 (W_ij ~ N(0, sigma_w^2 / N))",
+    "sigma_b2": "bias variance sigma_b^2",
+    "width": "hidden width N",
+    "net": "network index within a cell",
+    "layer": "layer index l (0: the inputs' first pre-activations)",
+    "input": "input index (two inputs at correlation c0)",
+    "knot": "knot index of the activation description",
+}
+"""Long names of the coordinates (all with units ``1``)."""
+
+INNER_DIMS = ("width", "net", "layer", "input", "knot")
+"""Dimensions that are not parameter axes."""
+
+
+def param_variables(spec: Spec) -> tuple[str, ...]:
+    """The per-parameter variables of this sweep: tau / sigma_w2 / sigma_b2 unless they are axes."""
+    return tuple(v for v in PARAM_VARIABLES if v not in spec.param_dims)
+
+
+def array_names(spec: Spec) -> tuple[str, ...]:
+    """Every array of the store of ``spec``: coordinates, parameter and cell variables, cell_done."""
+    return (*spec.cell_dims, *INNER_DIMS[1:], *param_variables(spec), *CELL_VARIABLES, "cell_done")
+
+
+def param_dims(ds: xr.Dataset) -> tuple[str, ...]:
+    """The parameter axes P of a store, in storage order."""
+    return tuple(d for d in ds["cell_done"].dims if d != "width")
+
+
+def n_knots(params: Params) -> int:
+    """Length of the ``knot`` axis: the most knots of any activation of the sweep."""
+    return max(act.knots.size for act in params.acts.flat)
+
+
+def param_values(spec: Spec, params: Params) -> dict[str, np.ndarray]:
+    """Per parameter cell: tau / sigma_w2 / sigma_b2 (those not on an axis), the GP columns
+
+        q_gp[..., l] = q^l with q^0 = q0, q^{l+1} = V(q^l);  v_slope = V'(q_ref);
+        gp_sparsity = P(phi(sqrt(q_ref) z) = 0),
+
+    with q_ref = q* on the Edge of Chaos and q0 off it, and the activation's description (knots and
+    values NaN-padded to ``n_knots``, outer slopes). The theory is evaluated for all cells of one
+    piece structure at once (``Activation.stack``); a sweep may mix several structures."""
+    shape, k = spec.param_shape, n_knots(params)
+    q_ref = params.q_star if spec.eoc else params.q0
+    out = {
+        "tau": params.tau,
+        "sigma_w2": params.sigma_w2,
+        "sigma_b2": params.sigma_b2,
+        "q_gp": np.empty((*shape, spec.depth + 1)),
+        "v_slope": np.empty(shape),
+        "gp_sparsity": np.empty(shape),
+        "act_knots": np.full((*shape, k), np.nan),
+        "act_values": np.full((*shape, k), np.nan),
+        "act_left_slope": np.empty(shape),
+        "act_right_slope": np.empty(shape),
+    }
+    groups: dict[tuple[int, int], list] = {}  # cells sharing a piece structure, theory in one go
+    for i in np.ndindex(shape):
+        act = params.acts[i]
+        groups.setdefault((act.knots.size, act.pieces.slope.size), []).append(i)
+    for members in groups.values():
+        index = tuple(np.array(members).T)
+        act = Activation.stack(params.acts[i] for i in members)
+        sw2, sb2 = params.sigma_w2[index], params.sigma_b2[index]
+        q_gp = gp.iterate_variance(act, params.q0[index], sw2, sb2, spec.depth)
+        out["q_gp"][index] = q_gp.T
+        out["v_slope"][index] = gp.variance_slope(act, q_ref[index], sw2, sb2)
+        out["gp_sparsity"][index] = gp.sparsity(act, q_ref[index])
+    for i in np.ndindex(shape):
+        act = params.acts[i]
+        out["act_knots"][i][: act.knots.size] = act.knots
+        out["act_values"][i][: act.values.size] = act.values
+        out["act_left_slope"][i] = act.left_slope
+        out["act_right_slope"][i] = act.right_slope
+    return {name: out[name] for name in param_variables(spec)}
+
+
+def attributes(spec: Spec) -> dict[str, Any]:
+    """The dataset attributes a store's readers rely on: the spec as TOML and the run constants.
+    (``simulate.grid`` adds provenance: versions, git commit, creation time and wall time.)"""
+    return {
+        "title": "Monte Carlo sweep of deep random networks (simulate.grid)",
+        "spec": spec.to_toml(),
+        "seed": spec.seed,
+        "depth": spec.depth,
+        "nets": spec.nets,
+        "q0": spec.q0,
+        "q_ref": "q_star" if spec.eoc else "q0",
+        "c0": spec.c0,
+        "escape_factor": spec.escape_factor,
+        "engine": spec.engine,
+    }
+
+
+def coordinates(spec: Spec, knots: int) -> dict[str, np.ndarray]:
+    """Values of every dimension of the store."""
+    return {
+        **{dim: np.asarray(values) for dim, values in spec.coords().items()},
+        "net": np.arange(spec.nets),
+        "layer": np.arange(spec.depth + 1),
+        "input": np.arange(2),
+        "knot": np.arange(knots),
+    }
+
+
+def skeleton(spec: Spec, values: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
+    """The store without its cell variables: coordinates, the parameter variables ``values`` (from
+    :func:`param_values`), ``cell_done = False`` and ``attrs``."""
+    coords = coordinates(spec, values["act_knots"].shape[-1])
+    ds = xr.Dataset(
+        {
+            name: (
+                (*spec.param_dims, *PARAM_VARIABLES[name].dims),
+                values[name],
+                PARAM_VARIABLES[name].attrs,
+            )
+            for name in param_variables(spec)
+        },
+        coords={
+            dim: (dim, coords[dim], {"long_name": COORDINATES[dim], "units": "1"})
+            for dim in (*spec.cell_dims, *INNER_DIMS[1:])
+        },
+        attrs=attrs,
+    )
+    ds["cell_done"] = (spec.cell_dims, np.zeros(spec.cell_shape, dtype=bool), CELL_DONE.attrs)
+    return ds
+
+
+def cell_shape(spec: Spec, name: str) -> tuple[int, ...]:
+    """Shape of the cell variable ``name`` over all of its dimensions (P, width, then its own)."""
+    lengths = {"net": spec.nets, "layer": spec.depth + 1, "input": 2}
+    return (*spec.cell_shape, *(lengths[d] for d in CELL_VARIABLES[name].dims))
+
+
+def activation_at(ds: xr.Dataset, where: dict | tuple[int, ...] | None = None) -> Activation:
+    """The activation of one parameter cell, rebuilt from its stored description:
+
+        Activation.piecewise_linear(act_knots, act_values, act_left_slope, act_right_slope,
+                                    name=family)
+
+    (the NaN padding dropped). ``where``: a dict of coordinate labels (``ds.sel``, e.g.
+    ``{"family": "cst", "sparsity": 0.8, "clip": 1.0, "q_star": 1.0}``; a ``width`` entry is
+    ignored), a tuple of positions along the parameter axes (``ds.isel``), or None when ``ds`` is
+    already one parameter cell."""
+    names = ("act_knots", "act_values", "act_left_slope", "act_right_slope", "family")
+    point = ds[list(names[:4])].assign_coords(family=ds["family"])
+    if isinstance(where, dict):
+        point = point.sel({k: v for k, v in where.items() if k in point.dims})
+    elif where is not None:
+        point = point.isel(dict(zip(point["act_left_slope"].dims, where, strict=True)))
+    if point["act_left_slope"].ndim:
+        raise ValueError(
+            f"where={where!r}: must select one parameter cell (left: {point['act_left_slope'].dims})"
+        )
+    knots, values = point["act_knots"].values, point["act_values"].values
+    real = ~np.isnan(knots)
+    return Activation.piecewise_linear(
+        knots[real],
+        values[real],
+        float(point["act_left_slope"]),
+        float(point["act_right_slope"]),
+        name=str(point["family"].values),
+    )
+
+
+Fill = Callable[[Spec, SweepCell], dict[str, np.ndarray]]
+
+
+def synthetic_store(
+    fill: Fill | None = None, done: bool | np.ndarray = True, **spec_values
+) -> xr.Dataset:
+    """A small in-memory store in exactly the schema of ``python -m simulate.grid``, for tests.
+
+    ``spec_values`` are keys of a spec file (``family``, ``sparsity`` or ``tau``, ``clip``,
+    ``q_star`` or ``sigma_w2``/``sigma_b2``, ``width``, ``depth``, ``nets``, ``q0``, ``c0``, ``seed``,
+    ``escape_factor``, ``shape``...), validated as the sweep validates them; keys not given take the
+    values of a tiny sweep (crelu unless ``shape`` is given, sparsity 0.8, clip 1 and inf, q* = 1,
+    width 64, depth 10, 4 nets) and then the sweep's defaults. The parameter variables are the real theory (``param_values``).
+    Each cell's variables are ``fill(spec, cell)`` (a dict of some of ``CELL_VARIABLES``, each over
+    that variable's own dims; ``cell`` a :class:`~simulate.spec.SweepCell` with its activation,
+    variances, q0 and flat index for seeding) or their fill values; ``done`` (a bool or a mask over
+    the cell axes) is ``cell_done``. The attributes are those of a real store (:func:`attributes`).
+
+    Example: a store of two CST clip levels whose trajectories are real Monte Carlo::
+
+        from simulate import grid
+        ds = synthetic_store(grid.simulate_cell, family="cst", clip=[1, "inf"], width=[32, 64])
+
+    or planted values, and a partial store (the unclipped cells not done)::
+
+        def fill(spec, cell):
+            rng = np.random.default_rng(cell.flat)
+            noise = 1 + 0.01 * rng.standard_normal((spec.nets, spec.depth + 1, 2))
+            return {"q": (cell.q0 * noise).astype("float32")}
+
+        mask = np.ones((1, 1, 2, 1, 1), bool)  # (family, sparsity, clip, q_star, width)
+        mask[:, :, 1] = False
+        ds = synthetic_store(fill, done=mask, depth=50)
+    """
+    values = {"clip": [1.0, math.inf], "width": 64, "depth": 10, "nets": 4}
+    if not {"family", "shape"} & set(spec_values):
+        values["family"] = "crelu"
+    if not {"sparsity", "tau", "q_star", "sigma_w2", "sigma_b2"} & set(spec_values):
+        values |= {"sparsity": 0.8, "q_star": 1.0}
+    spec = Spec.from_values(values | spec_values)
+    params = resolve(spec)
+    ds = skeleton(spec, param_values(spec, params), attributes(spec))
+    data = {
+        name: np.full(cell_shape(spec, name), var.fill, dtype=var.dtype)
+        for name, var in CELL_VARIABLES.items()
+    }
+    if fill is not None:
+        for cell in cells(spec, params):
+            for name, value in fill(spec, cell).items():
+                data[name][cell.index] = value
+    for name, var in CELL_VARIABLES.items():
+        ds[name] = ((*spec.cell_dims, *var.dims), data[name], var.attrs)
+    ds["cell_done"][...] = np.broadcast_to(done, spec.cell_shape)
+    return ds

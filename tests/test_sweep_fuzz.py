@@ -1,0 +1,137 @@
+"""Property: whatever values the sweep's flags get, ``python -m simulate.grid`` either succeeds or
+exits 2 with exactly one line on stderr and nothing written, never a traceback (nor a warning).
+
+Values are drawn per flag from the tiny valid ones (so that a run that passes finishes in well under
+a second) and from everything else: numbers at and beyond the float limits, nan, inf, negatives,
+huge integers, empty lists and malformed ranges. Valid but costly values (a depth of 1e5, say) are
+left out on purpose: they are valid, and only slow. The command runs in-process (``grid.main``, the
+code the command line runs), with hypothesis's example order fixed (``derandomize``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
+
+from simulate import grid
+
+BEYOND = [
+    "nan", "NaN", "inf", "-inf", "+inf", "1e308", "1.7976931348623157e308", "1.8e308", "-1e308",
+    "5e-324", "-5e-324", "1e-320", "0", "-0", "-1", "-0.5", "1e155", "-1e155", "1e400",
+    "123456789012345678901234567890", "9223372036854775808", "-9223372036854775809",
+]  # fmt: skip
+"""Numbers at and beyond the limits of float64 and of the fields."""
+
+MALFORMED = [
+    "", " ", ",", "1,,2", ",1", "1:2", ":::", "1:2:0", "1:2:-3", "1:2:2.5", "log:-1:1:2",
+    "log:0:1:2", "log:1:2", "a:b:c", "1:2:nan", "inf:1:2", "1:nan:2", "1:2:1e400", "abc", "1;2",
+    "0x10", "1e", "--", "log", "[1, 2]", "1 2", "tru", "None",
+]  # fmt: skip
+"""Tokens that are not numbers, lists or ranges."""
+
+
+def tokens(*valid: str) -> st.SearchStrategy[str]:
+    """A flag's value: one of its tiny valid values, a number beyond the limits, a malformed token,
+    or a comma list of up to three of those."""
+    single = st.sampled_from([*valid, *BEYOND, *MALFORMED])
+    return st.one_of(single, st.lists(single, min_size=1, max_size=3).map(",".join))
+
+
+FLAGS = {
+    "family": tokens("crelu", "cst", "crelu,cst", "relu"),
+    "sparsity": tokens("0.5", "0.8", "0.99", "0.999999", "0.6:0.8:2"),
+    "tau": tokens("0", "0.5", "1", "6", "40", "0:1:2"),
+    "clip": tokens("0.5", "1", "1e-300", "1e300", "log:1e-3:1e3:2"),
+    "q_star": tokens("1", "1e-30", "1e30", "1e-31", "log:1e-6:1e6:2"),
+    "sigma_w2": tokens("1", "2", "1e-300", "1e300"),
+    "sigma_b2": tokens("0", "0.5", "1e300"),
+    "width": tokens("1", "2", "4", "2147483647", "2147483648", "log:1:4:2"),
+    "depth": tokens("1", "3", "2147483647", "2.0"),
+    "nets": tokens("1", "2", "2147483647"),
+    "q0": tokens("q_star", "1", "0.05", "1e30"),
+    "c0": tokens("0.5", "1", "-1", "1.0000001"),
+    "engine": tokens("gram", "dense", "sparse", "auto", "fast"),
+    "seed": tokens("0", "7", "9223372036854775807", "1e3"),
+    "escape_factor": tokens("10", "1", "1.0000001", "1e100", "1e99"),
+    "n_jobs": tokens("1", "0"),
+    "backend": tokens("loky", "threading", "spark"),
+    "scheduler": tokens("tcp://127.0.0.1:1"),
+    "max_batch": tokens("1", "3", "0"),
+    "out": st.sampled_from(["", "/dev/null/x.zarr", "/proc/nope.zarr"]),
+}
+"""Every flag that takes a value; ``--overwrite`` and ``--repair`` are drawn as present or not."""
+
+BASE = {"family": "crelu", "sparsity": "0.8", "clip": "1", "width": "4", "depth": "3", "nets": "1",
+        "n_jobs": "1"}  # fmt: skip
+"""A tiny valid sweep that the drawn flags modify."""
+
+
+def argv_of(values: dict[str, str]) -> list[str]:
+    return [arg for k, v in values.items() for arg in ("--" + k.replace("_", "-"), v)]
+
+
+@st.composite
+def command_lines(draw) -> tuple[list[str], bool]:
+    """(argv without --out, whether --out was drawn)."""
+    drawn = draw(st.dictionaries(st.sampled_from(sorted(FLAGS)), st.just(None), max_size=4))
+    values = {name: draw(FLAGS[name]) for name in drawn}
+    base = dict(BASE)
+    if {"tau", "sigma_w2", "sigma_b2"} & set(values):
+        base.pop("sparsity")  # tau replaces sparsity; off the EoC needs tau
+    if {"sigma_w2", "sigma_b2"} & set(values) and "tau" not in values:
+        base["tau"] = "0.5"
+    argv = argv_of(base | values)
+    for flag in ("--overwrite", "--repair"):
+        if draw(st.booleans()):
+            argv.append(flag)
+    return argv, "out" in values
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_kernels(tmp_path_factory):
+    """One run first, so that compiling the Numba kernels does not count against the deadline."""
+    out = tmp_path_factory.mktemp("warm") / "w.zarr"
+    assert (
+        grid.main([*(f"--{k.replace('_', '-')}={v}" for k, v in BASE.items()), "--out", str(out)])
+        == 0
+    )
+
+
+@settings(
+    max_examples=60,
+    deadline=timedelta(seconds=30),
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(command_lines())
+@example(case=(argv_of(BASE | {"clip": "1e155,1e308,1.7976931348623157e308"}), False))  # issue 12
+@example(case=(argv_of(BASE | {"sparsity": "0.999999", "clip": "1e-300"}), False))
+def test_every_flag_either_runs_or_is_one_line(capsys, case):
+    argv, own_out = case
+    capsys.readouterr()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "x.zarr"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # a warning is a line on a user's stderr too
+            status = grid.main([*argv, *([] if own_out else ["--out", str(out)])])
+        captured = capsys.readouterr()
+        assert not caught, (argv, [str(w.message) for w in caught])
+        lines = captured.err.splitlines()
+        event(f"exit {status}")
+        assert status in (0, 2), (argv, captured.err)
+        assert all(line.startswith("simulate.grid: ") for line in lines), (argv, captured.err)
+        if status == 2:
+            assert len(lines) == 1, (argv, captured.err)
+            assert captured.out == ""
+            assert list(Path(tmp).iterdir()) == [], argv
+        elif not own_out:
+            assert np.all(zarr.open_group(out, mode="r")["cell_done"][...]), argv
