@@ -80,6 +80,22 @@ CELL_VARIABLES = {
         "per-layer tangent gain ln(|t^l|^2 / |t^(l-1)|^2) along input 0 (NaN at "
         "layer 0; -inf where the tangent dies)",
     ),
+    "v": Variable(
+        ("net", "layer", "input"),
+        "float32",
+        "conditional variance of layer l given layer l-1: sigma_w^2 (1/N) sum_j phi(h_j^{l-1})^2 + "
+        "sigma_b^2 (layer 0: the input kernel); E[v^l | v^{l-1}] = V(v^{l-1}) exactly",
+    ),
+    "v_corr": Variable(
+        ("net", "layer"),
+        "float32",
+        "conditional correlation of the two inputs' pre-activations given the previous layer",
+    ),
+    "v_log_gain": Variable(
+        ("net", "layer"),
+        "float32",
+        "ln(K_tt^l / K_tt^(l-1)): gain of the tangent's conditional variance (NaN at layer 0)",
+    ),
     "escape_layer": Variable(
         ("net",),
         "int32",
