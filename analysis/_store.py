@@ -1,16 +1,17 @@
 """Open and validate a results store written by ``python -m simulate.grid``, and walk its cells.
 
-A store is one xarray Dataset (a ``.zarr`` directory or a ``.nc`` file). Its dimensions are the
-parameter grid (``family``, ``sparsity`` or ``tau``, ``clip``, and ``q_star`` on the Edge of Chaos or
-``sigma_w2``/``sigma_b2`` off it), then ``width``, ``net``, ``layer`` and ``input``. A *cell* is one
-point of the parameter grid at one width; ``cell_done`` marks the cells the sweep has finished.
+A store is one xarray Dataset (a ``.zarr`` directory or a ``.nc`` file) in the schema of
+:mod:`simulate.schema`: the parameter grid (``family``, ``sparsity`` or ``tau``, ``clip``, and
+``q_star`` on the Edge of Chaos or ``sigma_w2``/``sigma_b2`` off it), then ``width``, ``net``,
+``layer`` and ``input``. A *cell* is one point of the parameter grid at one width; ``cell_done``
+marks the cells the sweep has finished. Each parameter point's activation is rebuilt from its
+stored description (``schema.activation_at``), so the analysis needs no family's formulas.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,23 +19,26 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from simulate import schema
 from simulate.activations import Activation
 
+READ = ("q", "corr", "zero_frac", "log_gain", "escape_layer")
+"""The per-cell variables the analysis reads (the schema may hold more)."""
+
 REQUIRED = {
-    "q": ("width", "net", "layer", "input"),
-    "corr": ("width", "net", "layer"),
-    "zero_frac": ("width", "net", "layer", "input"),
-    "log_gain": ("width", "net", "layer"),
-    "escape_layer": ("width", "net"),
+    **{name: ("width", *schema.CELL_VARIABLES[name].dims) for name in READ},
     "cell_done": ("width",),
-    "q_gp": ("layer",),
+    **{
+        name: var.dims
+        for name, var in schema.PARAM_VARIABLES.items()
+        if name not in schema.AXIS_VARIABLES
+    },
 }
-"""Variables the analysis reads, with the dimensions each must carry (besides the parameter grid)."""
+"""The variables the analysis reads, with the dimensions the schema gives each (besides the
+parameter grid)."""
 
-PER_CELL = ("tau", "sigma_w2", "sigma_b2")
+PER_CELL = schema.AXIS_VARIABLES
 """Per-cell parameters: a dimension of the grid or a variable over the parameter dimensions."""
-
-NON_PARAM_DIMS = ("width", "net", "layer", "input")
 
 
 class StoreError(Exception):
@@ -52,8 +56,28 @@ def _open(path: Path) -> xr.Dataset:
     try:
         return xr.open_zarr(path) if is_zarr else xr.open_dataset(path)
     except Exception as err:  # any reader failure is a bad store, reported in one line
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise StoreError(f"{path}: cannot be read as a results store ({reason})") from err
+        raise StoreError(f"{path}: cannot be read as a results store ({_reason(err)})") from err
+
+
+def _reason(err: Exception) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _load(ds: xr.Dataset, path: Path) -> xr.Dataset:
+    """Read every variable into memory; a chunk that cannot be decoded (a damaged store: zarr's
+    checksum, the compressor or the format reader complains) is a StoreError naming the variable."""
+    for name, variable in ds.variables.items():
+        try:
+            variable.load()
+        except Exception as err:  # whatever the codec raises, the store is damaged
+            raise StoreError(
+                f"{path}: variable {name} is damaged, a chunk cannot be read "
+                f"({type(err).__name__}: {_reason(err)}); running its sweep again "
+                f"(python -m simulate.grid with the store's spec, --out {path}, and --repair if "
+                "it asks) recomputes the damaged cells"
+            ) from err
+    return ds
 
 
 def _validate(ds: xr.Dataset, path: Path) -> None:
@@ -108,12 +132,12 @@ class Results:
         if "pair" in ds.dims and ds.sizes["pair"] == 1:
             ds = ds.squeeze("pair", drop=True)
         _validate(ds, self.path)
-        self.ds = ds.load()
+        self.ds = _load(ds, self.path)
 
     @property
     def param_dims(self) -> tuple[str, ...]:
         """The parameter-grid dimensions, in store order."""
-        return tuple(d for d in self.ds["cell_done"].dims if d not in NON_PARAM_DIMS)
+        return schema.param_dims(self.ds)
 
     @property
     def eoc(self) -> bool:
@@ -147,22 +171,54 @@ class Results:
     def done(self) -> xr.DataArray:
         return self.ds["cell_done"].astype(bool)
 
+    @property
+    def n_cells(self) -> int:
+        """Cells of the sweep's grid (parameter points x widths)."""
+        return int(self.done.size)
+
+    @property
+    def n_done(self) -> int:
+        return int(self.done.sum())
+
+    @property
+    def partial(self) -> bool:
+        """True when the sweep has not finished every cell (interrupted, or damaged and reset)."""
+        return self.n_done < self.n_cells
+
+    @staticmethod
+    def _keys(mask: xr.DataArray) -> list[dict]:
+        stacked = mask.stack(_cell=mask.dims)
+        return [
+            {d: _scalar(stacked[d].values[i]) for d in mask.dims}
+            for i in np.flatnonzero(stacked.values)
+        ]
+
+    def param_keys(self) -> list[dict]:
+        """Every point of the parameter grid (without width), finished or not."""
+        return self._keys(xr.ones_like(self.done.any("width")))
+
+    def activation(self, key: dict) -> Activation:
+        """The activation of the parameter point ``key`` (a width in it is ignored), rebuilt from
+        its stored description."""
+        return schema.activation_at(self.ds, key)
+
+    def missing(self) -> list[dict]:
+        """The keys (parameter dimensions and width) of the cells the sweep has not finished."""
+        return self._keys(~self.done)
+
     def cells(self, **where) -> Iterator[Cell]:
         """Every finished cell, optionally restricted by coordinate values (``clip=math.inf``)."""
         done = self.done
         if where:
             done = done.sel({k: [v] for k, v in where.items() if k in done.dims})
-        stacked = done.stack(_cell=done.dims)
-        for index in np.flatnonzero(stacked.values):
-            key = {d: _scalar(stacked[d].values[index]) for d in done.dims}
+        for key in self._keys(done):
             yield self.cell(key)
 
     def cell(self, key: dict) -> Cell:
         """The cell at ``key`` (every parameter dimension and ``width``)."""
         data = self.ds.sel(key)
         par = {p: float(data[p]) for p in PER_CELL}
-        family = str(data["family"].values)
-        act = Activation(family, par["tau"], float(data["clip"]))
+        act = self.activation(key)
         q_star = float(data["q_star"]) if "q_star" in data.variables else None
         q0 = self.q0(q_star)
         target = float(data["gp_sparsity"]) if "gp_sparsity" in data else math.nan
@@ -186,13 +242,3 @@ def open_results(path: Path | str) -> Results:
     """
     path = Path(path)
     return Results(_open(path), path)
-
-
-def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Run a command-line ``main``; a :class:`StoreError` becomes one line on stderr and exit 2."""
-    try:
-        code = main(argv)
-    except StoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = 2
-    sys.exit(code)

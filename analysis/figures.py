@@ -1,24 +1,28 @@
 """``python -m analysis.figures RESULTS [--out DIR]``: the figures of a results store, PNG and PDF.
 
 Default output: a ``figures/`` folder next to the store. Figures (those that need what the store
-lacks are skipped):
+lacks are skipped); on an Edge-of-Chaos store every panel row is one (family, q*) facet, so a sweep
+over several q* gets one row per q*, never an average over them:
 
-- ``variance_maps``: V(q)/q against the identity (= 1) for the store's families, sparsities and clip
-  levels, fixed points marked (theory only);
+- ``variance_maps``: V(q)/q against the identity (= 1) for the store's activations (every sparsity
+  at the largest clip level, every clip level at one sparsity), fixed points marked (theory only);
 - ``trajectories``: q^l through depth, Monte Carlo median and 10-90% band per width against the GP
   iterate and the 1/N-corrected mean, unclipped beside clipped;
 - ``phase_diagram``: sparsity x clip, colour = fraction of networks staying at q* to full depth,
-  with the theory window's edges drawn over it;
+  with the theory window's edges drawn over it (named families only);
 - ``escape_width``: median escape depth against width (log-log), the fitted law and the onset
   layer of the 1/N theory; ``survival``: Kaplan-Meier curves of the unclipped cells;
-- ``zero_frac_corr_<family>``: zero fraction and 1 - correlation through depth against theory;
+- ``zero_frac_corr_<family>[_q<q*>]``: zero fraction and 1 - correlation through depth against theory;
 - ``sigma_phase``: for an off-EoC sweep, the (sigma_w^2, sigma_b^2) plane with the chi_1 = 1 line,
   ordered and chaotic regions, V'(q) at the attracting fixed point and the measured gains.
+
+Panels are named by the store's ``family`` label (a named family or a user shape's name) and the
+cell's parameters. On a partial store (an interrupted sweep) every Monte Carlo figure says so in
+its title, and the phase diagram hatches the cells not run.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 from pathlib import Path
@@ -32,25 +36,21 @@ import numpy as np
 import seaborn as sns
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
 from simulate import gp
 from simulate.activations import Activation
 
-from ._store import Cell, Results, open_results, run_cli
-from .instability import (
-    escape_times,
-    stability_table,
-    theory_window,
-    width_law,
-)
-from .phase import sigma_mc, sigma_theory
+from ._cli import Parser, run_cli, writable_dir
+from ._store import Cell, Results, open_results
+from .instability import escape_times, theory_window
+from .phase import sigma_theory
 from .survival import kaplan_meier, survival_at
+from .tables import Tables
 from .theory import cell_theory
 
 WIDTH_IN = 8.0
 DPI = 120
-FAMILY_NAME = {"crelu": ("ReLU", "CReLU"), "cst": ("ST", "CST")}
-"""(unclipped, clipped) display names."""
 
 
 def _style() -> None:
@@ -67,17 +67,45 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _name(family: str, m: float) -> str:
-    return FAMILY_NAME[family][math.isfinite(m)]
+def _coords(results: Results, dim: str) -> list:
+    return [v.item() if hasattr(v, "item") else v for v in results.ds[dim].values]
+
+
+def _facets(results: Results) -> list[tuple[str, float]]:
+    """The (family, q*) pairs of an Edge-of-Chaos store: one panel row each."""
+    return [(f, q) for f in _coords(results, "family") for q in _coords(results, "q_star")]
+
+
+def _at_q(results: Results, q_star: float) -> str:
+    """``, q* = 2`` when the store has several q*, else nothing."""
+    return f", q* = {q_star:g}" if results.ds.sizes["q_star"] > 1 else ""
+
+
+def _suptitle(fig, results: Results, title: str, **kwargs) -> None:
+    """The figure title, with a second line on a partial store saying how much of it there is."""
+    if results.partial:
+        title += (
+            f"\nPARTIAL STORE: {results.n_done} of {results.n_cells} cells done "
+            "(the sweep was interrupted; cells not run are missing here)"
+        )
+    fig.suptitle(title, **kwargs)
+
+
+def _param_key(results: Results, **given) -> dict:
+    """A full parameter key: ``given`` values, the first coordinate for the other dimensions."""
+    return {d: given.get(d, _coords(results, d)[0]) for d in results.param_dims}
+
+
+def _cell_label(cell: Cell) -> str:
+    """``crelu, tau = 0.842, m = 1`` (the family label, the threshold and the clip level)."""
+    m = cell.key["clip"]
+    clip = f"m = {m:g}" if math.isfinite(m) else "unclipped"
+    return f"{cell.key['family']}, tau = {float(cell.data['tau']):.3g}, {clip}"
 
 
 def _width_colors(widths) -> dict:
     palette = sns.color_palette("viridis", len(widths) + 1)
     return {w: palette[i] for i, w in enumerate(sorted(widths))}
-
-
-def _coords(results: Results, dim: str) -> list:
-    return [v.item() if hasattr(v, "item") else v for v in results.ds[dim].values]
 
 
 def _show_sparsity(results: Results) -> float:
@@ -87,9 +115,11 @@ def _show_sparsity(results: Results) -> float:
 
 
 def _show_clip(results: Results, family: str, sparsity: float, q_star: float) -> float | None:
-    """The clipped example: the simulated finite m inside the theory window closest to sqrt(q*)."""
+    """The clipped example: the simulated finite m closest to sqrt(q*) inside the theory window
+    (among every finite m when the family has no window)."""
     low, high = theory_window(family, sparsity, q_star)
-    inside = [m for m in _coords(results, "clip") if math.isfinite(m) and low <= m <= high]
+    finite = [m for m in _coords(results, "clip") if math.isfinite(m)]
+    inside = finite if math.isnan(low) else [m for m in finite if low <= m <= high]
     if not inside:
         return None
     return min(inside, key=lambda m: abs(math.log(m / math.sqrt(q_star))))
@@ -122,50 +152,52 @@ def _band(ax, layers, values, color, label=None, median=True):
 
 
 def fig_variance_maps(results: Results, out: Path) -> list[Path]:
-    """V(q)/q for each family: unclipped at every sparsity; clipped at one sparsity, every m."""
-    families = _coords(results, "family")
+    """V(q)/q per (family, q*) from the stored activations and initialisations: at every sparsity
+    with the largest clip level of the grid (unclipped when simulated), and at one sparsity with
+    every finite clip level."""
+    facets = _facets(results)
     sparsities = _coords(results, "sparsity")
-    clips = [m for m in _coords(results, "clip") if math.isfinite(m)]
-    q_star = _coords(results, "q_star")[0]
+    clips = _coords(results, "clip")
+    largest = max(clips)
+    finite = [m for m in clips if math.isfinite(m)]
     s_show = _show_sparsity(results)
-    q = np.geomspace(q_star / 30, 100 * q_star, 600)
-    fig, axes = plt.subplots(
-        len(families), 2, figsize=(WIDTH_IN, 3.0 * len(families)), sharex=True, squeeze=False
-    )
+    fig, axes = plt.subplots(len(facets), 2, figsize=(WIDTH_IN, 3.0 * len(facets)), squeeze=False)
     markers = {"stable": ("o", "full"), "unstable": ("o", "none"), "marginal": ("D", "full")}
-    for row, family in zip(axes, families, strict=True):
+    for row, (family, q_star) in zip(axes, facets, strict=True):
+        q = np.geomspace(q_star / 30, 100 * q_star, 600)
         panels = [
-            (
-                row[0],
-                [(s, math.inf) for s in sparsities],
-                "sparsity",
-                sns.color_palette("mako_r", len(sparsities)),
-            ),
-            (row[1], [(s_show, m) for m in clips], "m", sns.color_palette("flare", len(clips))),
+            (row[0], [(s, largest) for s in sparsities], "sparsity", "mako_r"),
+            (row[1], [(s_show, m) for m in finite], "m", "flare"),
         ]
-        for ax, members, key, palette in panels:
+        for ax, members, key, cmap in panels:
+            if not members:
+                ax.set_visible(False)
+                continue
+            palette = sns.color_palette(cmap, len(members))
             for (s, m), color in zip(members, palette, strict=True):
-                act = Activation.from_sparsity(family, s, q_star, m)
-                eoc = gp.edge_of_chaos(act, q_star)
-                v = gp.variance_map(act, q, eoc.sigma_w2, eoc.sigma_b2)
+                point = _param_key(results, family=family, sparsity=s, clip=m, q_star=q_star)
+                act = results.activation(point)
+                sigma_w2, sigma_b2 = (
+                    float(results.ds[v].sel(point)) for v in ("sigma_w2", "sigma_b2")
+                )
+                v = gp.variance_map(act, q, sigma_w2, sigma_b2)
                 label = f"s = {s:g}" if key == "sparsity" else f"m = {m:g}"
                 ax.plot(q, v / q, color=color, lw=1.5, label=label)
-                for point in _fixed_points(act, eoc, q_star):
-                    marker, fill = markers[point.kind]
-                    ax.plot(point.q, 1.0, marker=marker, fillstyle=fill, color=color, ms=6, mew=1.3)
+                for fixed in _fixed_points(act, sigma_w2, sigma_b2, q_star):
+                    marker, fill = markers[fixed.kind]
+                    ax.plot(fixed.q, 1.0, marker=marker, fillstyle=fill, color=color, ms=6, mew=1.3)
             ax.axhline(1.0, color="black", lw=1, ls="--")
             ax.set_xscale("log")
             ax.set_ylim(0.4, 2.6)
             title = (
-                f"{_name(family, math.inf)}$_\\tau$ (unclipped), all sparsities"
+                f"{family}, m = {largest:g}, every sparsity"
                 if key == "sparsity"
-                else f"{_name(family, 1.0)}$_{{\\tau,m}}$, sparsity {s_show:g}"
+                else f"{family}, sparsity {s_show:g}, every m"
             )
-            ax.set_title(title)
+            ax.set_title(title + _at_q(results, q_star))
             ax.set_ylabel("V(q) / q")
+            ax.set_xlabel(f"pre-activation variance q  (q* = {q_star:g})")
             ax.legend(fontsize="small", ncol=2, loc="upper left")
-    for ax in axes[-1]:
-        ax.set_xlabel(f"pre-activation variance q  (q* = {q_star:g})")
     handles = [
         Line2D([], [], color="grey", marker=mk, fillstyle=fs, ls="none", label=kind)
         for kind, (mk, fs) in markers.items()
@@ -176,10 +208,10 @@ def fig_variance_maps(results: Results, out: Path) -> list[Path]:
     return _save(fig, out, "variance_maps")
 
 
-def _fixed_points(act: Activation, eoc, q_star: float) -> list:
+def _fixed_points(act: Activation, sigma_w2: float, sigma_b2: float, q_star: float) -> list:
     """The GP fixed points; for a map with V(q) = q everywhere (ReLU), q* marked marginal."""
     try:
-        return gp.fixed_points(act, eoc.sigma_w2, eoc.sigma_b2)
+        return gp.fixed_points(act, sigma_w2, sigma_b2)
     except ValueError:
         return [gp.FixedPoint(q_star, 1.0, "marginal")]
 
@@ -187,19 +219,17 @@ def _fixed_points(act: Activation, eoc, q_star: float) -> list:
 # -- Monte Carlo through depth ------------------------------------------------------------------
 
 
-def _example_cells(results: Results, family: str) -> list[Cell | None]:
-    """[unclipped, clipped] cells per width at the shown sparsity (None where not simulated)."""
-    q_star = _coords(results, "q_star")[0]
+def _example_cells(results: Results, family: str, q_star: float) -> list[list[Cell]]:
+    """[unclipped, clipped] finished cells per width at the shown sparsity (empty where not
+    simulated)."""
     s = _show_sparsity(results)
-    m = _show_clip(results, family, s, q_star)
-    clips = [math.inf, m]
     cells = []
-    for clip in clips:
+    for clip in (math.inf, _show_clip(results, family, s, q_star)):
         if clip is None or clip not in _coords(results, "clip"):
             cells.append([])
             continue
         where = {"family": family, "sparsity": s, "q_star": q_star, "clip": clip}
-        cells.append([c for c in results.cells(**where)])
+        cells.append(list(results.cells(**where)))
     return cells
 
 
@@ -214,22 +244,22 @@ def _escape_horizon(cells: list[Cell], depth: int) -> float:
 
 def fig_trajectories(results: Results, out: Path) -> list[Path]:
     """q^l: MC median and 10-90% band per width vs the GP iterate and the 1/N mean."""
-    families = _coords(results, "family")
+    facets = _facets(results)
     colors = _width_colors(_coords(results, "width"))
     fig, axes = plt.subplots(
-        len(families), 2, figsize=(WIDTH_IN, 3.0 * len(families)), squeeze=False
+        len(facets), 2, figsize=(WIDTH_IN, 3.0 * len(facets) + 0.4), squeeze=False
     )
-    for row, family in zip(axes, families, strict=True):
-        for ax, cells in zip(row, _example_cells(results, family), strict=True):
+    for row, (family, q_star) in zip(axes, facets, strict=True):
+        for ax, cells in zip(row, _example_cells(results, family, q_star), strict=True):
+            if not cells:
+                ax.set_visible(False)
+                continue
             for cell in cells:
                 theory = cell_theory(cell, results.depth)
                 layers = theory["layer"].values
                 color = colors[cell.width]
                 _band(ax, layers, _filled_q(cell), color, f"N = {cell.width}")
                 ax.plot(layers, theory["q_mean"], color=color, ls="--", lw=1)
-            if not cells:
-                ax.set_visible(False)
-                continue
             ax.plot(layers, theory["q_gp"], color="black", lw=1.2, label="GP iterate")
             cell = cells[0]
             ef = results.escape_factor
@@ -238,7 +268,10 @@ def fig_trajectories(results: Results, out: Path) -> list[Path]:
                 ax.set_ylim(cell.q_ref / 2, cell.q_ref * ef * 1.5)
                 ax.axhline(cell.q_ref * ef, color="firebrick", lw=0.8, ls=":")
                 ax.set_xlim(0, _escape_horizon(cells, results.depth))
-            ax.set_title(f"{cell.act.label()}, sparsity {cell.key['sparsity']:g}")
+            ax.set_title(
+                f"{_cell_label(cell)}, s = {cell.key['sparsity']:g}{_at_q(results, q_star)}",
+                fontsize="medium",
+            )
             ax.set_xlabel("layer l")
             ax.set_ylabel(r"$q^l$ (mean square pre-activation)")
             ax.legend(fontsize="small", loc="upper left")
@@ -248,7 +281,7 @@ def fig_trajectories(results: Results, out: Path) -> list[Path]:
         Line2D([], [], color="firebrick", lw=0.8, ls=":", label="escape threshold"),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle("Variance through depth: unclipped escapes, clipped stays at q*")
+    _suptitle(fig, results, "Variance through depth: unclipped escapes, clipped stays at q*")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return _save(fig, out, "trajectories")
 
@@ -265,12 +298,20 @@ def _survivors(cell: Cell, values) -> np.ndarray:
     return np.where(alive, values, np.nan)
 
 
-def fig_zero_corr(results: Results, out: Path, family: str) -> list[Path]:
-    """Zero fraction and 1 - corr through depth (MC mean, 10-90% band) against theory."""
+def fig_zero_corr(results: Results, out: Path, family: str, q_star: float) -> list[Path] | None:
+    """Zero fraction and 1 - corr through depth (MC mean, 10-90% band) against theory, for one
+    (family, q*); None when none of its example cells is finished."""
+    examples = _example_cells(results, family, q_star)
+    if not any(examples):
+        return None
     colors = _width_colors(_coords(results, "width"))
     fig, axes = plt.subplots(2, 2, figsize=(WIDTH_IN, 5.6), sharex="col")
-    for col, cells in enumerate(_example_cells(results, family)):
+    for col, cells in enumerate(examples):
         extent = [1.0, 0.0]
+        if not cells:
+            axes[0, col].set_visible(False)
+            axes[1, col].set_visible(False)
+            continue
         for cell in cells:
             theory = cell_theory(cell, results.depth, results.c0)
             layers = theory["layer"].values
@@ -281,10 +322,6 @@ def fig_zero_corr(results: Results, out: Path, family: str) -> list[Path]:
             axes[0, col].plot(layers, theory["zf_mean"], color=color, ls="--", lw=1)
             gap = 1.0 - _survivors(cell, cell.data["corr"])
             _band(axes[1, col], layers, gap, color, f"N = {cell.width}", median=False)
-        if not cells:
-            axes[0, col].set_visible(False)
-            axes[1, col].set_visible(False)
-            continue
         act = cells[0].act
         axes[0, col].plot(
             layers, gp.sparsity(act, theory["q_gp"].values), color="black", lw=1.2, label="GP"
@@ -295,20 +332,23 @@ def fig_zero_corr(results: Results, out: Path, family: str) -> list[Path]:
         axes[1, col].set_ylim(bottom=1e-7)  # float32 resolution of a stored correlation
         if not act.clipped:
             axes[1, col].set_xlim(0, _escape_horizon(cells, results.depth))
-        axes[0, col].set_title(f"{act.label()}")
+        axes[0, col].set_title(_cell_label(cells[0]), fontsize="medium")
         axes[0, col].set_ylabel("zero fraction")
         axes[1, col].set_ylabel("1 - correlation of two inputs")
         axes[1, col].set_xlabel("layer l")
         for ax in axes[:, col]:
             ax.legend(fontsize="small")
-    fig.suptitle(
+    _suptitle(
+        fig,
+        results,
         f"Zero fraction and input correlation through depth, target sparsity "
-        f"{_show_sparsity(results):g}\nMC mean (while >= 25% of networks remain) and 10-90% band; "
-        "dashed: 1/N theory; black: GP",
+        f"{_show_sparsity(results):g}{_at_q(results, q_star)}\nMC mean (while >= 25% of networks "
+        "remain) and 10-90% band; dashed: 1/N theory; black: GP",
         fontsize="medium",
     )
     fig.tight_layout()
-    return _save(fig, out, f"zero_frac_corr_{family}")
+    suffix = f"_q{q_star:g}" if results.ds.sizes["q_star"] > 1 else ""
+    return _save(fig, out, f"zero_frac_corr_{family}{suffix}")
 
 
 # -- phase diagram and escapes ------------------------------------------------------------------
@@ -326,41 +366,64 @@ def _clip_position(clips: np.ndarray, m):
     return np.where(m > finite[-1], beyond, pos)
 
 
-def fig_phase(results: Results, out: Path) -> list[Path]:
-    """Heat map of the fraction of networks staying at q*, per family and width, with the theory
-    window edges (gradient lower edge, gp.max_stable_clip upper edge) over it."""
-    table = stability_table(results)
-    families = _coords(results, "family")
+def phase_grid(stability, results: Results, family: str, q_star: float, width: int) -> np.ndarray:
+    """frac_stay as a (sparsity, clip) array in the store's coordinate order for one facet and
+    width; NaN where the cell is not finished."""
+    grid = np.full((results.ds.sizes["sparsity"], results.ds.sizes["clip"]), np.nan)
+    if stability.empty:
+        return grid
+    sel = stability[
+        (stability["family"] == family)
+        & (stability["q_star"] == q_star)
+        & (stability["width"] == width)
+    ]
+    table = sel.set_index(["sparsity", "clip"])["frac_stay"]
+    for i, s in enumerate(_coords(results, "sparsity")):
+        for j, m in enumerate(_coords(results, "clip")):
+            grid[i, j] = table.get((s, m), np.nan)
+    return grid
+
+
+def fig_phase(results: Results, out: Path, stability) -> list[Path]:
+    """Heat map of the fraction of networks staying at q* (``stability``: the store's stability
+    table), one row per (family, q*) and one column per width, with the theory window's edges
+    (gradient lower edge, gp.max_stable_clip upper edge) over it; cells not run are hatched."""
+    facets = _facets(results)
     widths = _coords(results, "width")
     clips = np.array(_coords(results, "clip"), float)
     sparsities = np.array(_coords(results, "sparsity"), float)
-    q_star = _coords(results, "q_star")[0]
-    s_fine = np.linspace(sparsities.min(), sparsities.max(), 25)
+    # the edges at the simulated sparsities (cached for the tables) and halfway between them: each
+    # upper edge is a bifurcation search
+    s_fine = np.sort(np.concatenate([sparsities, (sparsities[1:] + sparsities[:-1]) / 2]))
     fig, axes = plt.subplots(
-        len(families),
+        len(facets),
         len(widths),
-        figsize=(WIDTH_IN, 2.7 * len(families) + 0.6),
+        figsize=(WIDTH_IN, 2.7 * len(facets) + 0.6),
         squeeze=False,
         sharex=True,
         sharey=True,
     )
-    for row, family in zip(axes, families, strict=True):
+    for row, (family, q_star) in zip(axes, facets, strict=True):
         edges = np.array([theory_window(family, s, q_star) for s in s_fine])
         for ax, width in zip(row, widths, strict=True):
-            sel = table[(table["family"] == family) & (table["width"] == width)]
-            grid = sel.pivot_table(index="sparsity", columns="clip", values="frac_stay")
-            grid = grid.reindex(index=sparsities, columns=clips)
+            grid = phase_grid(stability, results, family, q_star, width)
             mesh = ax.pcolormesh(
                 np.arange(clips.size + 1) - 0.5,
                 np.arange(sparsities.size + 1) - 0.5,
-                grid.values,
+                grid,
                 cmap="rocket",
                 vmin=0,
                 vmax=1,
             )
+            done = results.done.sel(family=family, q_star=q_star, width=width)
+            done = done.transpose("sparsity", "clip").values
             for i, j in np.ndindex(grid.shape):
-                value = grid.values[i, j]
-                if np.isfinite(value):
+                value = grid[i, j]
+                if not done[i, j]:
+                    ax.add_patch(
+                        Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", color="0.6")
+                    )
+                elif np.isfinite(value):
                     ax.text(
                         j,
                         i,
@@ -371,17 +434,22 @@ def fig_phase(results: Results, out: Path) -> list[Path]:
                         color="black" if value > 0.55 else "white",
                     )
             y = np.interp(s_fine, sparsities, np.arange(sparsities.size))
-            ax.plot(
-                _clip_position(clips, edges[:, 0]),
-                y,
-                color="deepskyblue",
-                lw=2,
-                label="theory lower edge",
-            )
-            ax.plot(
-                _clip_position(clips, edges[:, 1]), y, color="lime", lw=2, label="theory upper edge"
-            )
-            ax.set_title(f"{FAMILY_NAME[family][1]}, N = {width}")
+            if np.isfinite(edges).all() and np.isfinite(clips).sum():
+                ax.plot(
+                    _clip_position(clips, edges[:, 0]),
+                    y,
+                    color="deepskyblue",
+                    lw=2,
+                    label="theory lower edge",
+                )
+                ax.plot(
+                    _clip_position(clips, edges[:, 1]),
+                    y,
+                    color="lime",
+                    lw=2,
+                    label="theory upper edge",
+                )
+            ax.set_title(f"{family}{_at_q(results, q_star)}, N = {width}")
             ax.set_xticks(
                 np.arange(clips.size), [f"{m:g}" if math.isfinite(m) else "∞" for m in clips]
             )
@@ -391,42 +459,56 @@ def fig_phase(results: Results, out: Path) -> list[Path]:
             ax.grid(False)
         row[0].set_ylabel("target sparsity s")
     for ax in axes[-1]:
-        ax.set_xlabel(f"clip level m  (q* = {q_star:g})")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, bbox_to_anchor=(0.45, -0.03))
+        ax.set_xlabel("clip level m")
+    handles = axes[0, 0].get_legend_handles_labels()[0]
+    if results.partial:
+        handles.append(Patch(fill=False, hatch="///", color="0.6", label="not run"))
+    fig.legend(handles=handles, loc="lower center", ncol=3, bbox_to_anchor=(0.45, -0.03))
     fig.colorbar(
         mesh, ax=axes, label=f"fraction of networks at q* to depth {results.depth}", shrink=0.8
     )
-    fig.suptitle("Phase diagram: where clipping keeps the networks at q*")
+    _suptitle(fig, results, "Phase diagram: where clipping keeps the networks at q*")
     return _save(fig, out, "phase_diagram")
 
 
-def fig_escape_width(results: Results, out: Path) -> list[Path] | None:
+def fig_escape_width(results: Results, out: Path, law) -> list[Path] | None:
     """Median escape depth (KM, 95% interval) against width, log-log, with the fitted law and the
-    1/N theory's onset layer."""
-    points, fits = width_law(results)
+    1/N theory's onset layer: one panel per (family, q*). ``law``: the store's (points, fits) of
+    :func:`analysis.instability.width_law`. A panel where no median was reached within the sweep's
+    depth says so (the onset layers are drawn all the same)."""
+    points, fits = law
     if points.empty:
         return None
-    families = _coords(results, "family")
+    facets = [
+        (f, q)
+        for f, q in _facets(results)
+        if ((points["family"] == f) & (points["q_star"] == q)).any()
+    ]
     sparsities = _coords(results, "sparsity")
     palette = dict(zip(sparsities, sns.color_palette("mako_r", len(sparsities)), strict=True))
     fig, axes = plt.subplots(
-        1, len(families), figsize=(WIDTH_IN, 4.6), sharey=True, squeeze=False, layout="constrained"
+        1, len(facets), figsize=(WIDTH_IN, 4.6), sharey=True, squeeze=False, layout="constrained"
     )
     fit_by_group = fits.set_index("group")
     x_line = np.geomspace(points["width"].min() / 1.2, points["width"].max() * 1.2, 50)
-    for ax, family in zip(axes[0], families, strict=True):
+    for ax, (family, q_star) in zip(axes[0], facets, strict=True):
         for s in sparsities:
-            sel = points[(points["family"] == family) & (points["sparsity"] == s)]
-            sel = sel[np.isfinite(sel["median_escape"])]
+            group = points[
+                (points["family"] == family)
+                & (points["q_star"] == q_star)
+                & (points["sparsity"] == s)
+            ]
+            if group.empty:
+                continue
+            color = palette[s]
+            ax.plot(group["width"], group["onset_layer"], "x--", color=color, lw=0.8, ms=5)
+            sel = group[np.isfinite(group["median_escape"])]
             if sel.empty:
                 continue
             med = sel["median_escape"].to_numpy(float)
-            color = palette[s]
             upper = np.minimum(sel["median_hi"].to_numpy(float), 2 * results.depth)
             err = np.array([med - sel["median_lo"].to_numpy(float), upper - med])
             ax.errorbar(sel["width"], med, yerr=err, fmt="o", color=color, capsize=3, ms=5)
-            ax.plot(sel["width"], sel["onset_layer"], "x--", color=color, lw=0.8, ms=5)
             fit = fit_by_group.loc[sel["group"].iloc[0]]
             if np.isfinite(fit["beta"]):
                 ax.plot(
@@ -439,8 +521,18 @@ def fig_escape_width(results: Results, out: Path) -> list[Path] | None:
         ax.axhline(results.depth, color="grey", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(f"{FAMILY_NAME[family][0]}$_\\tau$ at the EoC")
+        ax.set_title(f"{family}, unclipped{_at_q(results, q_star)}")
         ax.set_xlabel("width N")
+        if not ax.collections:  # no error bars: no median reached
+            ax.text(
+                0.5,
+                0.5,
+                f"no median escape depth\nreached by layer {results.depth}",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize="small",
+            )
         if not ax.get_legend_handles_labels()[0]:
             continue
         ax.legend(
@@ -461,34 +553,42 @@ def fig_escape_width(results: Results, out: Path) -> list[Path] | None:
         Line2D([], [], color="grey", ls=":", lw=1, label="sweep depth (censoring)"),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=3)
-    fig.suptitle(
-        f"Width law of the escape depth: pooled $\\beta$ = {pooled['beta']:.2f} "
-        f"[{pooled['beta_lo']:.2f}, {pooled['beta_hi']:.2f}]; theory onset: "
-        f"$\\beta$ = {pooled['beta_theory']:.2f}"
+    headline = (
+        f"pooled $\\beta$ = {pooled['beta']:.2f} [{pooled['beta_lo']:.2f}, {pooled['beta_hi']:.2f}]"
+        if np.isfinite(pooled["beta"])
+        else "no fit (a median at two widths at least is needed)"
+    )
+    _suptitle(
+        fig,
+        results,
+        f"Width law of the escape depth at the EoC: {headline}; theory onset: "
+        f"$\\beta$ = {pooled['beta_theory']:.2f}",
     )
     return _save(fig, out, "escape_width")
 
 
 def fig_survival(results: Results, out: Path) -> list[Path] | None:
-    """Kaplan-Meier survival (not yet escaped) over depth for the unclipped cells."""
+    """Kaplan-Meier survival (not yet escaped) over depth for the unclipped cells, one row per
+    (family, q*) and one column per width."""
     if not np.isinf(np.array(_coords(results, "clip"), float)).any():
         return None
-    families = _coords(results, "family")
+    facets = _facets(results)
     widths = _coords(results, "width")
     sparsities = _coords(results, "sparsity")
     palette = dict(zip(sparsities, sns.color_palette("mako_r", len(sparsities)), strict=True))
     fig, axes = plt.subplots(
-        len(families),
+        len(facets),
         len(widths),
-        figsize=(WIDTH_IN, 2.5 * len(families) + 0.5),
+        figsize=(WIDTH_IN, 2.5 * len(facets) + 0.5),
         sharex=True,
         sharey=True,
         squeeze=False,
     )
     layers = np.arange(results.depth + 1)
-    for row, family in zip(axes, families, strict=True):
+    for row, (family, q_star) in zip(axes, facets, strict=True):
         for ax, width in zip(row, widths, strict=True):
-            for cell in results.cells(family=family, clip=math.inf, width=width):
+            where = {"family": family, "q_star": q_star, "clip": math.inf, "width": width}
+            for cell in results.cells(**where):
                 curve = kaplan_meier(*escape_times(cell, results.depth))
                 color = palette[cell.key["sparsity"]]
                 ax.step(
@@ -507,13 +607,14 @@ def fig_survival(results: Results, out: Path) -> list[Path] | None:
                     alpha=0.15,
                     lw=0,
                 )
-            ax.set_title(f"{FAMILY_NAME[family][0]}$_\\tau$, N = {width}")
+            ax.set_title(f"{family}, unclipped{_at_q(results, q_star)}, N = {width}")
             ax.set_xscale("symlog", linthresh=10)
         row[0].set_ylabel("fraction not escaped")
     for ax in axes[-1]:
         ax.set_xlabel("layer l")
-    axes[0, -1].legend(fontsize="x-small", loc="upper right")
-    fig.suptitle("Kaplan-Meier survival of unclipped networks (95% log-log bands)")
+    if axes[0, -1].get_legend_handles_labels()[0]:
+        axes[0, -1].legend(fontsize="x-small", loc="upper right")
+    _suptitle(fig, results, "Kaplan-Meier survival of unclipped networks (95% log-log bands)")
     fig.tight_layout()
     return _save(fig, out, "survival")
 
@@ -521,12 +622,14 @@ def fig_survival(results: Results, out: Path) -> list[Path] | None:
 # -- off the Edge of Chaos ----------------------------------------------------------------------
 
 
-def fig_sigma(results: Results, out: Path) -> list[Path] | None:
-    """(sigma_w^2, sigma_b^2) plane per activation: theory ln chi_1 at the attracting fixed point
-    (colour), chi_1 = 1 (black), V'(q) contours (grey), the region where the variance diverges
-    (light grey), MC ln mean tangent gain (dots, same colours; x where every network escaped)."""
-    table = sigma_mc(results)
-    acts = table.drop_duplicates(["family", "tau", "clip"])[["family", "tau", "clip"]].head(4)
+def fig_sigma(results: Results, out: Path, table) -> list[Path] | None:
+    """(sigma_w^2, sigma_b^2) plane per activation (at most four): theory ln chi_1 at the attracting
+    fixed point (colour), chi_1 = 1 (black), V'(q) contours (grey), the region where the variance
+    diverges (light grey), MC ln mean tangent gain (dots, same colours; x where every network
+    escaped). ``table``: the store's :func:`analysis.phase.sigma_mc`."""
+    if table.empty:
+        return None
+    acts = table.drop_duplicates(["family", "tau", "clip"]).head(4)
     sw = np.array(_coords(results, "sigma_w2"), float)
     sb = np.array(_coords(results, "sigma_b2"), float)
     w_fine = np.linspace(sw.min(), sw.max(), 90)
@@ -537,7 +640,7 @@ def fig_sigma(results: Results, out: Path) -> list[Path] | None:
     )
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-1.0, vmax=1.0)
     for ax, (_, spec) in zip(axes[0], acts.iterrows(), strict=True):
-        act = Activation(spec["family"], spec["tau"], spec["clip"])
+        act = results.activation({d: spec[d] for d in results.param_dims})
         theory = sigma_theory(act, W, B, results.q0(None))
         log_chi = np.log(theory["chi1"])
         mesh = ax.pcolormesh(
@@ -578,7 +681,8 @@ def fig_sigma(results: Results, out: Path) -> list[Path] | None:
             zorder=3,
             clip_on=False,
         )
-        ax.set_title(act.label(), fontsize="small")
+        clip = f"m = {spec['clip']:g}" if math.isfinite(spec["clip"]) else "unclipped"
+        ax.set_title(f"{spec['family']}, tau = {spec['tau']:g}, {clip}", fontsize="small")
         ax.set_xlabel(r"$\sigma_w^2$")
         ax.text(0.03, 0.95, "ordered\n$\\chi_1 < 1$", transform=ax.transAxes, va="top", fontsize=7)
         ax.text(
@@ -592,7 +696,9 @@ def fig_sigma(results: Results, out: Path) -> list[Path] | None:
         )
     axes[0, 0].set_ylabel(r"$\sigma_b^2$")
     fig.colorbar(mesh, ax=axes, label=r"$\ln\chi_1$ (dots: MC, ln mean tangent gain)", shrink=0.9)
-    fig.suptitle(
+    _suptitle(
+        fig,
+        results,
         r"Off the EoC: $\ln\chi_1$ at the attracting fixed point, black line $\chi_1 = 1$,"
         "\n"
         r"grey lines: $V'(q)$ there; light grey: variance diverges; x: all networks escaped",
@@ -604,26 +710,28 @@ def fig_sigma(results: Results, out: Path) -> list[Path] | None:
 # -- all of them ----------------------------------------------------------------------------------
 
 
-def make_figures(results: Results, out: Path) -> list[Path]:
-    """Draw every figure the store supports into ``out``; returns the files written."""
+def make_figures(results: Results, out: Path, tables: Tables | None = None) -> list[Path]:
+    """Draw every figure the store supports into ``out``; returns the files written. ``tables``:
+    the store's tables when already computed (the report passes its own)."""
     _style()
+    tables = Tables(results) if tables is None else tables
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # chi_1 = 0, far tails
-        return _draw_all(results, out)
+        return _draw_all(results, out, tables)
 
 
-def _draw_all(results: Results, out: Path) -> list[Path]:
+def _draw_all(results: Results, out: Path, tables: Tables) -> list[Path]:
     written: list[Path] = []
     if not results.eoc:
-        written += fig_sigma(results, out) or []
+        written += fig_sigma(results, out, tables.sigma) or []
         return written
     if "sparsity" not in results.ds.dims:
         return written
     written += fig_variance_maps(results, out)
     written += fig_trajectories(results, out)
-    for family in _coords(results, "family"):
-        written += fig_zero_corr(results, out, family)
-    written += fig_phase(results, out)
-    written += fig_escape_width(results, out) or []
+    for family, q_star in _facets(results):
+        written += fig_zero_corr(results, out, family, q_star) or []
+    written += fig_phase(results, out, tables.stability)
+    written += fig_escape_width(results, out, tables.width_law) or []
     written += fig_survival(results, out) or []
     return written
 
@@ -634,7 +742,7 @@ def default_out(store: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m analysis.figures", description="Draw the figures of a results store."
     )
     parser.add_argument("results", help="results store (.zarr directory or .nc file)")
@@ -642,8 +750,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, help="output folder (default: figures/ next to the store)"
     )
     args = parser.parse_args(argv)
+    out = writable_dir(args.out or default_out(args.results))
     results = open_results(args.results)
-    written = make_figures(results, args.out or default_out(args.results))
+    written = make_figures(results, out)
     for path in written:
         print(path)
     return 0

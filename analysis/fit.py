@@ -26,8 +26,9 @@ and the fluctuations of the layer variances feed into it, none of which the firs
 here predicts; meanwhile its spread over networks shrinks like (1 - c) as c -> 1, so the t
 statistic of a fixed relative bias grows along depth. ``corr_max_dev`` reports the largest deviation of
 the mean correlation from the GP iterate. Every statistic is mapped to an equivalent standard
-normal score through its own null distribution (z = Phi^{-1}(F(stat)): normal, chi^2 or Student t),
-so that one threshold serves all.
+normal score through its own null distribution (z = Phi^{-1}(F(stat)): normal, chi^2 or Student t,
+computed from the log of the smaller tail so that a p-value below 1e-308 still gives its finite
+score, :mod:`analysis._tails`), so that one threshold serves all.
 
 Verdict: the cell agrees with theory when no |z| among the K tests of ``VERDICT_STATS`` over all
 layers exceeds the Sidak threshold z_K = Phi^{-1}(1 - p_K / 2), p_K = 1 - (1 - alpha)^{1/K}, at
@@ -36,13 +37,14 @@ correlated, so this is conservative. A layer where no network is left to test (a
 fails too, as "untested": the GP predicts no escapes. Otherwise the first failing layer and
 statistic are reported.
 
-Only clipped activations inside their window are expected to pass: an unclipped one drifts upward
-as l^2/N and escapes (SCIENCE.md section 5), so its failure layer says where the 1/N theory breaks.
+Only clipped activations inside their window are expected to pass: an unclipped one sits at a
+one-sided fixed point (V'(q*) = 1, V'' > 0), where the 1/N noise is pushed upward by the curvature,
+its mean drifts as l^2/N and networks escape (:mod:`analysis.instability`), so its failure layer says
+where the 1/N theory breaks.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -50,8 +52,10 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from ._store import Cell, Results, open_results, run_cli
+from ._cli import Parser, probability, run_cli
+from ._store import Cell, Results, open_results
 from ._table import markdown_table
+from ._tails import chi2_score, t_score
 from .theory import cell_theory
 
 ALPHA = 0.01
@@ -66,12 +70,6 @@ stays below this (see :func:`fit_table`)."""
 
 REPORTED_STATS = ("corr",)
 """Compared with the infinite-width map only (O(1/N) bias); reported, not part of the verdict."""
-
-
-def _normal_score(cdf, sf):
-    """Phi^{-1}(F) computed from whichever of F, 1 - F is the smaller tail (no cancellation)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(cdf < 0.5, stats.norm.ppf(cdf), stats.norm.isf(sf))
 
 
 def _moments(x: np.ndarray):
@@ -120,7 +118,7 @@ def z_spread(x: np.ndarray, sd) -> np.ndarray:
     dof = 2.0 / (2.0 / np.maximum(n - 1, 1) + kappa / np.maximum(n, 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2 = dof * (sample_sd / sd) ** 2
-        z = _normal_score(stats.chi2.cdf(chi2, dof), stats.chi2.sf(chi2, dof))
+    z = chi2_score(chi2, dof)
     return np.where((n >= 3) & (sd > 0), z, np.nan)
 
 
@@ -130,7 +128,7 @@ def z_sample_sd(x: np.ndarray, mean) -> np.ndarray:
     dof = np.maximum(n - 1, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         t = (sample_mean - mean) / (sample_sd / np.sqrt(n))
-        z = _normal_score(stats.t.cdf(t, dof), stats.t.sf(t, dof))
+    z = t_score(t, dof)
     return np.where((n >= 2) & (sample_sd > 0) & np.isfinite(mean), z, np.nan)
 
 
@@ -241,11 +239,13 @@ def fit_table(results: Results, alpha: float = ALPHA) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m analysis.fit", description="Monte Carlo vs GP verdict per cell."
     )
     parser.add_argument("results", help="results store (.zarr directory or .nc file)")
-    parser.add_argument("--alpha", type=float, default=ALPHA, help="family-wise level per cell")
+    parser.add_argument(
+        "--alpha", type=probability, default=ALPHA, help="family-wise level per cell, in (0, 1)"
+    )
     args = parser.parse_args(argv)
     print(markdown_table(fit_table(open_results(args.results), args.alpha)))
     return 0

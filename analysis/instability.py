@@ -20,11 +20,15 @@ layer variance reaches it: sqrt(V4^l / N) >= d_l. There the first-order mean shi
 half that spread, i.e. the 1/N expansion has lost its ordering. With V4^l ~ v l (ReLU_tau, ST_tau)
 this gives l_pt = (4 N / (V''^2 v))^{1/3}: beta_theory = 1/3, reported beside the fitted beta.
 
-Clip window for (family, sparsity, q*).
-- Theory: lower edge = the smallest m at which at least half of the active units pass gradient,
-  (Phi(b) - Phi(a)) / (1 - Phi(a)) >= 1/2 at q*, i.e. m_low = sqrt(q*) [Phi^{-1}((1 + Phi(a))/2) - a]
-  (a, b as in SCIENCE.md; the same ratio for CST); below it most active units sit on the clip and
-  gradients die out. Upper edge = ``gp.max_stable_clip`` (above it V has extra fixed points).
+Clip window for (family, sparsity, q*), for the named families with a clip level m.
+- Theory: lower edge = ``gp.min_gradient_clip``, the smallest m at which at least half of the
+  active units (phi != 0) pass gradient (phi' != 0) at q*: P(sloped piece) / P(not a zero piece)
+  >= 1/2 (``gp.gradient_fraction``, which grows with m from 0 to 1). In general it marks
+  where an activation stops being mostly a sparse *gate* and becomes mostly a *saturating* one:
+  below it most active units sit on a flat nonzero piece and the backward signal dies out. For
+  CReLU and CST, with a = tau / sqrt(q*), it is m_low = sqrt(q*) [Phi^{-1}((1 + Phi(a))/2) - a].
+  Upper edge = ``gp.max_stable_clip`` (above it V has extra fixed points). A shape given by its
+  points has no clip level to vary and no window.
 - Monte Carlo, per width: the simulated m for which at least ``STAY_LEVEL`` (90%) of the networks
   stay at q* to full depth (not escaped, and the final variance nearest to q* among the GP's stable
   fixed points, on a log scale) and the mean final zero fraction of the networks that did not
@@ -37,30 +41,26 @@ against the GP's fixed point and its sparsity.
 
 from __future__ import annotations
 
-import argparse
 import math
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtr, ndtri
 
 from simulate import gp
-from simulate.activations import Activation
+from simulate.activations import FAMILIES, Activation
 
-from ._store import Cell, Results, open_results, run_cli
+from ._cli import Parser, run_cli
+from ._store import Cell, Results, open_results
 from ._table import markdown_table
 from .survival import kaplan_meier, median_survival
-from .theory import layer_theory
+from .theory import activation_cache, layer_theory
 
 STAY_LEVEL = 0.9
 """Fraction of networks that must stay at q* for a clip level to be in the Monte Carlo window."""
 
 SPARSITY_TOL = 0.02
 """Allowed gap between the mean final zero fraction and the target sparsity in the MC window."""
-
-MIN_PASS = 0.5
-"""Theory lower edge: minimum fraction of the active units that pass gradient at q*."""
 
 N_BOOT = 2000
 """Bootstrap replicates for the interval on the width-law exponent."""
@@ -134,7 +134,7 @@ def _slope(x: np.ndarray, y: np.ndarray, group: np.ndarray) -> float:
 def onset_layer(cell: Cell, depth: int) -> float:
     """l_pt(N): first layer with sqrt(V4^l / N) >= 2 / (V''(q*) l) (module docstring); inf if none."""
     act = cell.act
-    base = layer_theory(act.family, act.tau, act.m, cell.sigma_w2, cell.sigma_b2, cell.q0, depth)
+    base = layer_theory(act, cell.sigma_w2, cell.sigma_b2, cell.q0, depth)
     curvature = float(gp.variance_curvature(act, cell.q_ref, cell.sigma_w2))
     layers = np.arange(1, depth + 1)
     spread = np.sqrt(base["v4"].values[1:] / cell.width)
@@ -215,13 +215,12 @@ def _fit_row(points: pd.DataFrame, x, codes, boot, pooled: bool) -> dict:
 # -- fixed points, network fates and the clip window --------------------------------------------
 
 
-@lru_cache(maxsize=1024)
+@activation_cache(maxsize=1024)
 def stable_fixed_points(
-    family: str, tau: float, m: float, sigma_w2: float, sigma_b2: float, q_ref: float
+    act: Activation, sigma_w2: float, sigma_b2: float, q_ref: float
 ) -> tuple[float, ...]:
     """Sorted attracting (stable or one-sided) fixed points of V on the Edge of Chaos, the one at
     q* snapped to exactly ``q_ref`` (fates compare against it); just (q_ref,) when every q is fixed."""
-    act = Activation(family, tau, m)
     try:
         found = gp.fixed_points(act, sigma_w2, sigma_b2)
     except ValueError:  # V(q) = q identically (ReLU at the EoC): q_ref is as good as any
@@ -237,10 +236,7 @@ def network_fates(cell: Cell, depth: int) -> pd.DataFrame:
     q = cell.data["q"].transpose("net", "layer", "input").values.astype(float)
     zf = cell.data["zero_frac"].transpose("net", "layer", "input").values.astype(float)
     escape = cell.data["escape_layer"].values.astype(int)
-    act = cell.act
-    points = np.array(
-        stable_fixed_points(act.family, act.tau, act.m, cell.sigma_w2, cell.sigma_b2, cell.q_ref)
-    )
+    points = np.array(stable_fixed_points(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q_ref))
     final_q = q[:, depth].mean(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         basin = points[np.argmin(np.abs(np.log(final_q[:, None] / points[None, :])), axis=1)]
@@ -289,10 +285,15 @@ def stability_table(results: Results) -> pd.DataFrame:
 
 @lru_cache(maxsize=256)
 def theory_window(family: str, sparsity: float, q_star: float) -> tuple[float, float]:
-    """(m_low, m_high): the gradient-flow lower edge and ``gp.max_stable_clip`` (module docstring)."""
-    a = float(Activation.from_sparsity(family, sparsity, q_star).tau) / math.sqrt(q_star)
-    b = float(ndtri(ndtr(a) + MIN_PASS * (1.0 - ndtr(a))))
-    return math.sqrt(q_star) * (b - a), gp.max_stable_clip(family, sparsity, q_star)
+    """(m_low, m_high) of the named ``family`` at target sparsity and q* (module docstring):
+    ``gp.min_gradient_clip`` and ``gp.max_stable_clip``. (nan, nan) for a family outside the named
+    ones, which has no clip level to vary."""
+    if family not in FAMILIES:
+        return math.nan, math.nan
+    return (
+        gp.min_gradient_clip(family, sparsity, q_star),
+        gp.max_stable_clip(family, sparsity, q_star),
+    )
 
 
 def _grid_index(clips: np.ndarray, m: float) -> int:
@@ -300,17 +301,21 @@ def _grid_index(clips: np.ndarray, m: float) -> int:
     return int(np.searchsorted(clips, m, side="right")) - 1
 
 
-def clip_window(results: Results) -> pd.DataFrame:
+def clip_window(results: Results, stability: pd.DataFrame | None = None) -> pd.DataFrame:
     """Theory window and Monte Carlo window per (family, sparsity, q*[, width]), side by side.
 
     ``mc_low``/``mc_high`` are the smallest and largest finite simulated m in the MC window;
     ``upper_steps`` is the number of grid steps between the MC upper edge and the largest grid m
     not above ``gp.max_stable_clip`` (0: same grid cell; |steps| <= 1 counts as agreement).
+    ``stability``: the store's :func:`stability_table`, when already computed. Families without a
+    theory window (module docstring) are left out.
     """
     if not results.eoc or "sparsity" not in results.ds.dims:
         return pd.DataFrame()
-    table = stability_table(results)
-    table = table[np.isfinite(table["clip"])]
+    table = stability_table(results) if stability is None else stability
+    if table.empty:
+        return pd.DataFrame()
+    table = table[np.isfinite(table["clip"]) & table["family"].isin(FAMILIES)]
     clips = np.sort(np.unique(table["clip"].to_numpy(dtype=float)))
     keys = ["family", "sparsity", "q_star", "width"]
     rows = []
@@ -343,12 +348,10 @@ def jump_table(results: Results) -> pd.DataFrame:
         return pd.DataFrame()
     rows = []
     for cell in results.cells():
-        if not cell.act.clipped:
-            continue
         act = cell.act
-        points = stable_fixed_points(
-            act.family, act.tau, act.m, cell.sigma_w2, cell.sigma_b2, cell.q_ref
-        )
+        if not act.clipped:
+            continue
+        points = stable_fixed_points(act, cell.sigma_w2, cell.sigma_b2, cell.q_ref)
         upper = [q for q in points if q > cell.q_ref]
         if not upper:
             continue
@@ -381,7 +384,7 @@ TABLES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m analysis.instability", description="Escape, width-law and window tables."
     )
     parser.add_argument("results", help="results store (.zarr directory or .nc file)")

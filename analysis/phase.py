@@ -2,9 +2,10 @@
 
 On the Edge of Chaos the diagram is sparsity x clip level per family (and q*):
 
-- theory (``theory_phase``): sigma_w^2, sigma_b^2, V'(q*), R(0), the fraction of active units that
-  pass gradient (E[phi'^2] / P(phi != 0) = (Phi(b) - Phi(a)) / (1 - Phi(a)) at q*), the GP's stable fixed points (``n_stable``; an upper one means bistability), and
-  whether m lies in the theory window of :func:`analysis.instability.theory_window`;
+- theory (``theory_phase_of``, from each cell's stored activation): sigma_w^2, sigma_b^2, V'(q*),
+  R(0), the fraction of the active units that pass gradient at q* (``gp.gradient_fraction``), the
+  GP's stable fixed points (``n_stable``; an upper one means bistability), and whether m lies in
+  the theory window of :func:`analysis.instability.theory_window` (false where it is undefined);
 - Monte Carlo (``mc_phase``, per width): the fraction of networks that stay at q* to full depth,
   the median escape depth, the mean final zero fraction and the MC window flag.
 
@@ -18,7 +19,6 @@ escaped fraction and the median final variance.
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -27,65 +27,55 @@ import pandas as pd
 from simulate import gp
 from simulate.activations import Activation
 
-from ._store import Results, open_results, run_cli
+from ._cli import Parser, run_cli
+from ._store import Results, open_results
 from ._table import markdown_table
 from .instability import escape_table, stability_table, stable_fixed_points, theory_window
 
 
-def theory_phase(families, sparsities, clips, q_stars) -> pd.DataFrame:
-    """GP quantities on the grid family x sparsity x clip x q* (module docstring)."""
+def theory_phase_of(results: Results) -> pd.DataFrame:
+    """The GP quantities of the module docstring at every parameter point of the store (finished or
+    not), from its stored activation and (sigma_w^2, sigma_b^2); empty unless the store is an
+    Edge-of-Chaos sweep over sparsity."""
+    if not results.eoc or "sparsity" not in results.ds.dims:
+        return pd.DataFrame()
     rows = []
-    for family in families:
-        for s in sparsities:
-            for q_star in q_stars:
-                low, high = theory_window(family, float(s), float(q_star))
-                for m in clips:
-                    act = Activation.from_sparsity(family, float(s), float(q_star), float(m))
-                    eoc = gp.edge_of_chaos(act, float(q_star))
-                    points = stable_fixed_points(
-                        family, act.tau, act.m, eoc.sigma_w2, eoc.sigma_b2, float(q_star)
-                    )
-                    rows.append(
-                        {
-                            "family": family,
-                            "sparsity": float(s),
-                            "clip": float(m),
-                            "q_star": float(q_star),
-                            "sigma_w2": eoc.sigma_w2,
-                            "sigma_b2": eoc.sigma_b2,
-                            "v_slope": float(gp.variance_slope(act, q_star, eoc.sigma_w2)),
-                            "r0": float(
-                                gp.correlation_map(act, 0.0, q_star, eoc.sigma_w2, eoc.sigma_b2)
-                            ),
-                            "pass_of_active": float(gp.chi1(act, q_star, 1.0)) / (1.0 - s),
-                            "n_stable": len(points),
-                            "upper_q": max(points) if len(points) > 1 else math.nan,
-                            "in_window_theory": bool(math.isfinite(m) and low <= m <= high),
-                        }
-                    )
+    for key in results.param_keys():
+        act = results.activation(key)
+        point = results.ds.sel(key)
+        sigma_w2, sigma_b2 = float(point["sigma_w2"]), float(point["sigma_b2"])
+        q_star, m = float(key["q_star"]), float(key["clip"])
+        points = stable_fixed_points(act, sigma_w2, sigma_b2, q_star)
+        low, high = theory_window(str(key["family"]), float(key["sparsity"]), q_star)
+        rows.append(
+            {
+                **key,
+                "sigma_w2": sigma_w2,
+                "sigma_b2": sigma_b2,
+                "v_slope": float(gp.variance_slope(act, q_star, sigma_w2)),
+                "r0": float(gp.correlation_map(act, 0.0, q_star, sigma_w2, sigma_b2)),
+                "pass_of_active": float(gp.gradient_fraction(act, q_star)),
+                "n_stable": len(points),
+                "upper_q": max(points) if len(points) > 1 else math.nan,
+                "in_window_theory": bool(math.isfinite(m) and low <= m <= high),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def theory_phase_of(results: Results) -> pd.DataFrame:
-    """:func:`theory_phase` on the store's own family x sparsity x clip x q* grid (empty unless
-    the store is an Edge-of-Chaos sweep over sparsity)."""
-    ds = results.ds
-    if not results.eoc or "sparsity" not in ds.dims:
-        return pd.DataFrame()
-    return theory_phase(
-        [str(f) for f in ds["family"].values],
-        ds["sparsity"].values,
-        ds["clip"].values,
-        ds["q_star"].values,
-    )
-
-
-def mc_phase(results: Results) -> pd.DataFrame:
+def mc_phase(
+    results: Results,
+    stability: pd.DataFrame | None = None,
+    escape: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Per finished cell: fraction staying at q*, median escape depth, final zero fraction, MC
-    window flag."""
+    window flag. ``stability``, ``escape``: the store's tables, when already computed."""
+    stability = stability_table(results) if stability is None else stability
+    escape = escape_table(results) if escape is None else escape
+    if stability.empty:
+        return stability
     keys = [*results.param_dims, "width"]
-    escape = escape_table(results)[[*keys, "frac_escaped", "median_escape"]]
-    return stability_table(results).merge(escape, on=keys)
+    return stability.merge(escape[[*keys, "frac_escaped", "median_escape"]], on=keys)
 
 
 def pivot(table: pd.DataFrame, value: str, **where) -> pd.DataFrame:
@@ -164,7 +154,7 @@ def sigma_mc(results: Results) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m analysis.phase", description="Phase-diagram tables (theory and MC)."
     )
     parser.add_argument("results", help="results store (.zarr directory or .nc file)")

@@ -4,12 +4,13 @@ Default output: ``report.md`` next to the store, with the figures (drawn by
 :mod:`analysis.figures`) in a ``figures/`` folder beside it, embedded by relative path. The report
 states the tables (fit verdicts, escape statistics, width law, clip window theory vs Monte Carlo,
 fixed-point jumps, phase tables), each under the command that prints it, and opens with a summary
-of what they show.
+of what they show. The report of a partial store (an interrupted sweep) opens with how many cells
+are done, which are missing and the commands that finish the sweep. The outputs are checked before
+any work, and every table is computed once (:class:`analysis.tables.Tables`).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from pathlib import Path
@@ -17,20 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._store import Results, open_results, run_cli
+from ._cli import Parser, run_cli, writable_dir, writable_file
+from ._store import Results, open_results
 from ._table import markdown_table
 from .figures import make_figures
-from .fit import ALPHA, EPS_SMALL, fit_table
-from .instability import (
-    SPARSITY_TOL,
-    STAY_LEVEL,
-    clip_window,
-    escape_table,
-    jump_table,
-    theory_window,
-    width_law,
-)
-from .phase import mc_phase, sigma_mc, theory_phase_of
+from .fit import ALPHA, EPS_SMALL
+from .instability import SPARSITY_TOL, STAY_LEVEL, theory_window
+from .tables import Tables
 
 TABLES = {
     "fit": (
@@ -78,6 +72,8 @@ def _in_theory_window(fit: pd.DataFrame) -> pd.Series:
 
 
 def _fit_summary(fit: pd.DataFrame, eoc_sparsity: bool) -> list[str]:
+    if fit.empty:
+        return []
     lines = []
     if eoc_sparsity:
         inside = _in_theory_window(fit)
@@ -115,8 +111,8 @@ def _fit_summary(fit: pd.DataFrame, eoc_sparsity: bool) -> list[str]:
             f"from the theory, first at layer {unclipped['first_fail_layer'].median():.0f} (median "
             "over cells): the 1/N drift and the escapes the GP limit does not have."
         )
-    if eoc_sparsity:
-        inside = fit[_in_theory_window(fit)]
+    inside = fit[_in_theory_window(fit)] if eoc_sparsity else fit.iloc[:0]
+    if len(inside):
         lines.append(
             "- **Correlation of the two inputs** (infinite-width R-iterate, not in the verdict): "
             "largest deviation of the mean correlation from it, median over the cells inside the "
@@ -164,23 +160,97 @@ def _window_summary(window: pd.DataFrame) -> list[str]:
     ]
 
 
-def build_report(results: Results, store: str, out: Path) -> str:
-    """The markdown text; draws the figures into ``figures/`` next to ``out``."""
-    figures = make_figures(results, out.parent / "figures")
-    pngs = [p for p in figures if p.suffix == ".png"]
+def _wall_time(results: Results) -> str:
+    """The simulation wall time as recorded: runs add theirs when they finish, so an interrupted
+    run adds nothing."""
+    seconds = float(results.ds.attrs.get("wall_time_s", math.nan))
+    if not results.partial:
+        return f"simulation wall time {seconds:.0f} s"
+    if seconds > 0:
+        return (
+            f"simulation wall time {seconds:.0f} s over the runs that finished (an interrupted "
+            "run records none)"
+        )
+    return "simulation wall time not recorded (no run of this sweep has finished)"
+
+
+MAX_LISTED = 20
+"""Missing parameter points listed one by one in a partial store's report; the rest are counted."""
+
+
+def _missing_lines(results: Results) -> list[str]:
+    """The missing cells, one line per parameter point with its missing widths."""
+    by_point: dict[tuple, list] = {}
+    for key in results.missing():
+        point = tuple((d, key[d]) for d in results.param_dims)
+        by_point.setdefault(point, []).append(key["width"])
+    lines = [
+        "- "
+        + " ".join(f"{d}={v:g}" if isinstance(v, float) else f"{d}={v}" for d, v in point)
+        + ": width "
+        + ", ".join(str(w) for w in widths)
+        for point, widths in list(by_point.items())[:MAX_LISTED]
+    ]
+    if len(by_point) > MAX_LISTED:
+        lines.append(f"- ... and {len(by_point) - MAX_LISTED} more parameter points")
+    return lines
+
+
+def _partial_note(results: Results, store: str) -> list[str]:
+    """For an unfinished sweep: how much is done, what is missing, how to finish it."""
+    if not results.partial:
+        return []
+    spec_file = Path(store).with_suffix(".spec.toml").as_posix()
+    return [
+        f"**Partial store: {results.n_done} of {results.n_cells} cells done.** The sweep was "
+        "interrupted (or damaged cells were reset); every table and figure below covers the "
+        f"finished cells only. Missing ({results.n_cells - results.n_done} cells):",
+        "",
+        *_missing_lines(results),
+        "",
+        "Finish the sweep (it computes only the missing cells), then run this report again:",
+        "",
+        f"    python -c \"import xarray as xr; print(xr.open_zarr('{store}').attrs['spec'])\" "
+        f"> {spec_file}",
+        f"    python -m simulate.grid {spec_file} --out {store}",
+        "",
+    ]
+
+
+def build_report(results: Results, store: str, out: Path, tables: Tables | None = None) -> str:
+    """The markdown text; draws the figures into ``figures/`` next to ``out``. Every table is
+    computed once (``tables``), before any figure is drawn."""
+    tables = Tables(results) if tables is None else tables
     eoc_sparsity = results.eoc and "sparsity" in results.ds.dims
-    fit = fit_table(results)
-    escape = escape_table(results)
-    points, fits = width_law(results)
-    window = clip_window(results)
+    points, fits = tables.width_law
+    sections = [_section("fit", tables.fit, store), _section("escape", tables.escape, store)]
+    if eoc_sparsity:
+        sections += [
+            _section("width-law", fits, store),
+            _section("width-points", points, store),
+            _section("window", tables.window, store),
+            _section("jumps", tables.jumps, store),
+            _section("phase-theory", tables.phase_theory, store),
+            _section("phase-mc", tables.phase_mc, store),
+        ]
+    if not results.eoc:
+        sections.append(_section("sigma", tables.sigma, store))
+    summary = [
+        *_fit_summary(tables.fit, eoc_sparsity),
+        *_width_summary(points, fits, tables.fit),
+        *_window_summary(tables.window),
+    ]
+    figures = make_figures(results, out.parent / "figures", tables)
+    pngs = [p for p in figures if p.suffix == ".png"]
     attrs = results.ds.attrs
     lines = [
         f"# Monte Carlo against the Gaussian-process theory: `{store}`",
         "",
+        *_partial_note(results, store),
         f"Engine {attrs.get('engine', '?')}, seed {attrs.get('seed', '?')}, depth "
         f"{results.depth}, escape band [q_ref/{results.escape_factor:g}, "
         f"{results.escape_factor:g} q_ref], git commit {attrs.get('git_commit', '?')}, "
-        f"simulation wall time {float(attrs.get('wall_time_s', math.nan)):.0f} s.",
+        f"{_wall_time(results)}.",
         "",
         "Reproduce: the sweep from the spec below, then (this draws the figures too)",
         "",
@@ -188,9 +258,7 @@ def build_report(results: Results, store: str, out: Path) -> str:
         "",
         "## Summary",
         "",
-        *_fit_summary(fit, eoc_sparsity),
-        *_width_summary(points, fits, fit),
-        *_window_summary(window),
+        *(summary or ["_(no finished cell to summarise)_"]),
         "",
         "Definitions: see the docstrings of `analysis.fit` (z-scores, verdict), "
         "`analysis.instability` (escape, width law, onset layer, clip windows: MC window = at "
@@ -204,20 +272,8 @@ def build_report(results: Results, store: str, out: Path) -> str:
         *[f"![{p.stem}]({Path(os.path.relpath(p, out.parent)).as_posix()})\n" for p in pngs],
         "## Tables",
         "",
-        _section("fit", fit, store),
-        _section("escape", escape, store),
+        *sections,
     ]
-    if eoc_sparsity:
-        lines += [
-            _section("width-law", fits, store),
-            _section("width-points", points, store),
-            _section("window", window, store),
-            _section("jumps", jump_table(results), store),
-            _section("phase-theory", theory_phase_of(results), store),
-            _section("phase-mc", mc_phase(results), store),
-        ]
-    if not results.eoc:
-        lines.append(_section("sigma", sigma_mc(results), store))
     spec = attrs.get("spec", "")
     if spec:
         lines += ["## The sweep's spec", "", "```toml", spec.strip(), "```", ""]
@@ -230,7 +286,7 @@ def default_out(store: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m analysis.report", description="Markdown report of a results store."
     )
     parser.add_argument("results", help="results store (.zarr directory or .nc file)")
@@ -238,10 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, help="report file (default: report.md next to the store)"
     )
     args = parser.parse_args(argv)
+    out = writable_file(args.out or default_out(args.results))
+    writable_dir(out.parent / "figures")
     results = open_results(args.results)
-    out = (args.out or default_out(args.results)).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_report(results, args.results, out))
+    text = build_report(results, args.results, out)
+    out.write_text(text)
     print(out)
     return 0
 

@@ -53,8 +53,8 @@ def survival_at(curve: pd.DataFrame, t, column: str = "survival") -> np.ndarray:
     first event)."""
     t = np.asarray(t, dtype=float)
     index = np.searchsorted(curve["time"].values, t, side="right") - 1
-    values = curve[column].values
-    return np.where(index >= 0, values[np.maximum(index, 0)], 1.0)
+    values = np.append(curve[column].values, np.nan)  # index -1 (before any event) reads the pad
+    return np.where(index >= 0, values[index], 1.0)
 
 
 def _first_time_at_or_below(curve: pd.DataFrame, column: str, level: float) -> float:

@@ -11,10 +11,20 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from scipy.special import (
+    betainc,
+    betaincinv,
+    gammainc,
+    gammaincc,
+    gammainccinv,
+    gammaincinv,
+    ndtri_exp,
+)
 from test_analysis_synthetic import make_store, plant_escapes, plant_jumps
 
-from analysis import fit, instability, phase, theory
-from analysis._store import Results, StoreError, open_results, run_cli
+from analysis import _tails, fit, instability, phase, theory
+from analysis._cli import run_cli
+from analysis._store import Results, StoreError, open_results
 from analysis._table import markdown_table
 from analysis.survival import kaplan_meier, median_survival, survival_at
 from simulate import gp
@@ -63,16 +73,49 @@ def test_median_is_infinite_when_fewer_than_half_escape():
     assert math.isinf(median) and math.isinf(hi) and lo == 5
 
 
+def test_no_escape_at_all_is_survival_one():
+    """Every network censored: no event, S = 1 at every time, median beyond the sweep."""
+    curve = kaplan_meier([40, 40, 40], [False, False, False])
+    assert curve.empty
+    np.testing.assert_array_equal(survival_at(curve, [0, 10, 40]), [1, 1, 1])
+    assert all(math.isinf(x) for x in median_survival(curve))
+
+
 # -- theory on a cell ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["crelu", "cst"])
-def test_sparsity_derivatives_match_finite_differences(family):
-    act = Activation.from_sparsity(family, 0.8, 1.0, 1.0)
+def _hand_sparsity(zero_edges):
+    """s(q) = sum of Phi(hi / sqrt q) - Phi(lo / sqrt q) over the zero intervals, with scipy.stats."""
+
+    def s(q):
+        root = np.sqrt(q)
+        return sum(stats.norm.cdf(hi / root) - stats.norm.cdf(lo / root) for lo, hi in zero_edges)
+
+    return s
+
+
+@pytest.mark.parametrize(
+    ("act", "zero_edges"),
+    [
+        (Activation.crelu(0.7, 1.0), [(-np.inf, 0.7)]),
+        (Activation.cst(0.7, 1.0), [(-0.7, 0.7)]),
+        (  # asymmetric: zero on [-0.3, 0.5], leaky outside, a nonzero flat piece far right
+            Activation.piecewise_linear(
+                [-0.3, 0.5, 1.5, 2.0], [0.0, 0.0, 1.0, 1.0], left_slope=0.1, right_slope=0.0
+            ),
+            [(-0.3, 0.5)],
+        ),
+    ],
+    ids=["crelu", "cst", "asymmetric"],
+)
+def test_sparsity_derivatives_match_scipy_and_finite_differences(act, zero_edges):
+    """s against the probability of the zero set from scipy.stats (1e-12), s' and s'' against
+    central differences of it (step 1e-4: truncation ~1e-8 and ~1e-6 relative)."""
+    hand = _hand_sparsity(zero_edges)
     q, h = np.array([0.5, 1.0, 2.0]), 1e-4
     s, first, second = theory.sparsity_derivatives(act, q)
-    np.testing.assert_allclose(s, gp.sparsity(act, q), rtol=1e-12)
-    f = [gp.sparsity(act, q + k * h) for k in (-1, 0, 1)]
+    np.testing.assert_allclose(s, hand(q), rtol=1e-12)
+    f = [hand(q + k * h) for k in (-1, 0, 1)]
     np.testing.assert_allclose(first, (f[2] - f[0]) / (2 * h), rtol=1e-6)
     np.testing.assert_allclose(second, (f[2] - 2 * f[1] + f[0]) / h**2, rtol=1e-4)
 
@@ -87,9 +130,33 @@ def test_zero_fraction_prediction_matches_a_binomial_mixture():
     rng = np.random.default_rng(2)
     n = 200_000
     g = pred["q_gp"] + pred["g1"] / 100 + math.sqrt(pred["v4"] / 100) * rng.standard_normal(n)
-    zf = rng.binomial(100, gp.sparsity(cell.act, np.maximum(g, 1e-9))) / 100
+    tau = float(cell.data["tau"])  # crelu: a unit is zero when h <= tau, s(G) = Phi(tau / sqrt G)
+    zf = rng.binomial(100, stats.norm.cdf(tau / np.sqrt(np.maximum(g, 1e-9)))) / 100
     assert abs(zf.mean() - pred["zf_mean"]) < 5 * zf.std() / math.sqrt(n) + 1e-4
     assert abs(zf.std() / pred["zf_sd"] - 1) < 0.02
+
+
+@pytest.mark.parametrize(("clip", "layer"), [(1.0, 30), (math.inf, 5)])
+def test_variance_prediction_matches_its_definition(clip, layer):
+    """q_hat = (1/N) sum_i h_i^2 with h_i ~ N(0, G) i.i.d. given G, i.e. G chi^2_N / N, and
+    G ~ N(mu, V4/N), mu = q + G1/N: 400 000 draws at N = 1000 reproduce the predicted mean within
+    5 standard errors and the predicted sd within 1%. The exact variance of this model is
+    (2 mu^2 + V4 (1 + 2/N)) / N; the first-order prediction drops its O(1/N^2) part, checked below
+    1% of it here (sd bias < 0.5%; the rest of the tolerance is 4 SE of the sample sd). Deep down an
+    unclipped cell's G1 and V4 grow and that part does not stay small, hence layer 5 there."""
+    n_units = 1000
+    ds = make_store(clips=(clip,), widths=(n_units,), depth=30, nets=4)
+    cell = next(Results(ds).cells())
+    pred = {k: float(v) for k, v in theory.cell_theory(cell, 30).isel(layer=layer).items()}
+    mu = pred["q_gp"] + pred["g1"] / n_units
+    exact = (2 * mu**2 + pred["v4"] * (1 + 2 / n_units)) / n_units
+    assert abs(exact / pred["q_sd"] ** 2 - 1) < 0.01
+    rng = np.random.default_rng(13)
+    n = 400_000
+    g = mu + math.sqrt(pred["v4"] / n_units) * rng.standard_normal(n)
+    q_hat = g * rng.chisquare(n_units, n) / n_units
+    assert abs(q_hat.mean() - pred["q_mean"]) < 5 * q_hat.std() / math.sqrt(n)
+    assert abs(q_hat.std() / pred["q_sd"] - 1) < 0.01
 
 
 # -- the fit ------------------------------------------------------------------------------------
@@ -123,6 +190,64 @@ def test_z_scores_are_calibrated_under_the_null():
     for name in ("mean", "spread", "t"):
         assert abs(alarms[name] / cells - alpha) < tolerance, name
     assert alarms["spread_skewed"] / cells < 3 * alpha
+
+
+@pytest.mark.parametrize("dof", [2.0, 7.5, 38.4, 500.0])
+def test_chi2_score_matches_scipy_where_scipy_is_exact(dof):
+    """Inside the range where the CDF and survival function are representable, the score is
+    Phi^{-1}(F) from scipy's own chi^2 and normal quantiles (to 1e-9)."""
+    x = stats.chi2.ppf(np.array([1e-200, 1e-12, 0.01, 0.5, 0.99, 1 - 1e-12]), dof)
+    x = np.append(x, stats.chi2.isf(1e-200, dof))
+    cdf, sf = stats.chi2.cdf(x, dof), stats.chi2.sf(x, dof)
+    expected = np.where(cdf < 0.5, stats.norm.ppf(cdf), stats.norm.isf(sf))
+    np.testing.assert_allclose(_tails.chi2_score(x, dof), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_scores_stay_finite_where_the_tail_probability_underflows():
+    """Far tails against closed forms: chi^2_2 has P(X > x) = e^{-x/2} and P(X < x) = 1 - e^{-x/2};
+    t_2 has P(T > t) = (1 - t / sqrt(2 + t^2)) / 2 ~ 1/(2 t^2). At x = 3000 (tail e^{-1500}), x =
+    1e-300 and t = 1e160 (tail 5e-321) scipy's tails are 0 or subnormal, the scores finite and equal
+    to Phi^{-1} of the exact log tail (1e-12)."""
+    np.testing.assert_allclose(_tails.chi2_score(3000.0, 2.0), -ndtri_exp(-1500.0), rtol=1e-12)
+    np.testing.assert_allclose(
+        _tails.chi2_score(1e-300, 2.0), ndtri_exp(math.log(5e-301)), rtol=1e-12
+    )
+    t = 1e160
+    np.testing.assert_allclose(
+        _tails.t_score([t, -t], 2.0),
+        np.array([1, -1]) * -ndtri_exp(-math.log(2) - 2 * math.log(t)),
+        rtol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("a", [1.0, 19.2, 250.0])
+def test_log_tails_agree_with_scipy_where_both_hold(a):
+    """The continued fractions (gamma upper tail, incomplete beta) and the gamma series against
+    log of scipy's regularised incomplete gamma / beta where those are around 1e-200 (1e-11)."""
+    y = gammainccinv(a, 1e-200)
+    np.testing.assert_allclose(_tails._log_gamma_upper(a, y), math.log(gammaincc(a, y)), rtol=1e-11)
+    y = gammaincinv(a, 1e-200)
+    np.testing.assert_allclose(_tails._log_gamma_lower(a, y), math.log(gammainc(a, y)), rtol=1e-11)
+    x = betaincinv(a, 0.5, 1e-200)
+    np.testing.assert_allclose(
+        _tails._log_beta_lower(a, 0.5, x), math.log(betainc(a, 0.5, x)), rtol=1e-11
+    )
+
+
+def test_a_far_off_spread_gets_a_finite_score():
+    """The spread of the clipped N = 1000 cell inflated 8x (variance 64x, as for networks split
+    between two fixed points): its chi^2 tail is far below 1e-308, and the reported max |z| is
+    finite and beyond what an underflowing tail could give (37.5)."""
+
+    def inflate(cell, values, rng):
+        if cell.act.clipped and cell.width == 1000:
+            q = values["q"]
+            values["q"] = q.mean(axis=0) + 8.0 * (q - q.mean(axis=0))
+
+    ds = make_store(clips=(1.0,), widths=(1000,), depth=20, seed=15, perturb=inflate)
+    row = fit.fit_table(Results(ds)).iloc[0]
+    assert 37.5 < row["max_abs_z_q_sd"] < np.inf
+    assert row["first_fail_stat"] == "q_sd"
 
 
 @pytest.fixture(scope="module")
@@ -277,15 +402,43 @@ def test_onset_layer_scales_as_the_cube_root_of_width():
 # -- clip window, fates and jumps ---------------------------------------------------------------
 
 
+def _fixed_point_count(act: Activation, sigma_w2: float, sigma_b2: float, q_star: float) -> int:
+    """Fixed points of a clipped map by brute force: sign changes of V(q) - q on a fine geometric
+    grid over [q*/10, 1000 q*] (step 0.05%; q* itself, a transversal crossing, seen from grid points
+    at least 0.1% away so that rounding cannot split it). Independent of the secant-excess search
+    behind ``gp.max_stable_clip``."""
+    grid = np.geomspace(q_star / 10, 1000 * q_star, 20_000)
+    grid = grid[np.abs(np.log(grid / q_star)) > 1e-3]
+    gap = gp.variance_map(act, grid, sigma_w2, sigma_b2) - grid
+    return int(np.sum(np.sign(gap[1:]) != np.sign(gap[:-1])))
+
+
 @pytest.mark.parametrize("family", ["crelu", "cst"])
 def test_theory_window_edges(family):
-    """Lower edge: half of the active units pass gradient, (Phi(b)-Phi(a))/(1-Phi(a)) = 1/2;
-    upper edge: gp.max_stable_clip."""
-    low, high = instability.theory_window(family, 0.8, 1.0)
-    act = Activation.from_sparsity(family, 0.8, 1.0, low)
-    assert float(gp.chi1(act, 1.0, 1.0)) / (1 - 0.8) == pytest.approx(instability.MIN_PASS)
-    assert high == gp.max_stable_clip(family, 0.8, 1.0)
-    assert 0 < low < high
+    """Lower edge: the m where half of the active units pass gradient; against the closed form
+    m_low = sqrt(q*) [Phi^{-1}((1 + Phi(a)) / 2) - a] (a = Phi^{-1}(s) for crelu, Phi^{-1}((1+s)/2)
+    for cst, from scipy.stats) to 1e-9, and against a Monte Carlo count of the definition (10^6
+    draws of h ~ N(0, q*): the share of h with phi(h) != 0 that also have phi'(h) != 0 is 1/2
+    within 4 SE). Upper edge: q* is the only fixed point of V at m = 0.99 m_high, and three
+    appear at 1.01 m_high. At q* = 2 so that the sqrt(q*) scaling shows."""
+    s, q_star = 0.8, 2.0
+    low, high = instability.theory_window(family, s, q_star)
+    a = stats.norm.ppf(s if family == "crelu" else (1 + s) / 2)
+    hand = math.sqrt(q_star) * (stats.norm.ppf((1 + stats.norm.cdf(a)) / 2) - a)
+    assert low == pytest.approx(hand, rel=1e-9)
+    act = Activation.from_sparsity(family, s, q_star, low)
+    h = math.sqrt(q_star) * np.random.default_rng(14).standard_normal(1_000_000)
+    active = act(h) != 0
+    passing = (act.derivative(h) != 0)[active]
+    assert abs(passing.mean() - 0.5) < 4 * math.sqrt(0.25 / passing.size)
+    for m, count in ((0.99 * high, 1), (1.01 * high, 3)):
+        act = Activation.from_sparsity(family, s, q_star, m)
+        eoc = gp.edge_of_chaos(act, q_star)
+        assert _fixed_point_count(act, eoc.sigma_w2, eoc.sigma_b2, q_star) == count, m
+
+
+def test_theory_window_is_undefined_for_a_shape_without_a_clip_family():
+    assert all(math.isnan(edge) for edge in instability.theory_window("my_shape", 0.8, 1.0))
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +483,11 @@ def test_network_fates_sort_escapes_by_direction():
 
 
 def test_theory_phase_marks_the_window_and_bistability():
-    table = phase.theory_phase(["crelu"], [0.8], [0.5, 1.0, 3.0, math.inf], [1.0]).set_index("clip")
+    """crelu s = 0.8 (window [0.30, 2.12]): V'(q*) = 1 unclipped and < 1 clipped; m = 0.5 and 1
+    inside, 3 bistable (a second stable fixed point), inf outside; the gradient fraction grows
+    with m up to 1."""
+    ds = make_store(clips=(0.5, 1.0, 3.0, math.inf), widths=(32,), depth=2, nets=2)
+    table = phase.theory_phase_of(Results(ds)).set_index("clip")
     assert table.loc[math.inf, "v_slope"] == pytest.approx(1.0)
     assert (table.loc[[0.5, 1.0, 3.0], "v_slope"] < 1).all()
     assert list(table["in_window_theory"]) == [True, True, False, False]

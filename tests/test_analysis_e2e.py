@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import zarr
 
 from analysis import fit, instability
 from analysis._store import open_results
@@ -91,3 +93,25 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     run = _run("analysis.figures", str(tmp_path / "missing.zarr"), check=False)
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "no such results store" in run.stderr
+
+
+def test_an_interrupted_sweep_is_reported_partial_and_its_commands_finish_it(eoc_store, tmp_path):
+    """Two cells of a real store unmarked (as a sweep killed before writing them leaves it): the
+    report says 4 of 6 cells done, and the two commands it prints finish the sweep."""
+    store = tmp_path / "interrupted.zarr"
+    shutil.copytree(eoc_store, store)
+    flags = zarr.open_array(store / "cell_done", mode="r+")
+    flags[0, 0, 2, 0, :] = False  # clip inf at both widths
+    out = tmp_path / "report.md"
+    _run("analysis.report", str(store), "--out", str(out))
+    text = out.read_text()
+    assert "**Partial store: 4 of 6 cells done.**" in text
+    lines = [line.strip() for line in text.splitlines()]
+    first = next(i for i, line in enumerate(lines) if "attrs['spec']" in line)
+    commands = lines[first : first + 2]
+    assert commands[1].startswith("python -m simulate.grid")
+    for command in commands:
+        subprocess.run(
+            command.replace("python ", f"{sys.executable} ", 1), shell=True, cwd=ROOT, check=True
+        )
+    assert open_results(store).n_done == 6

@@ -1,4 +1,5 @@
-"""Synthetic results stores in the schema of ``simulate.grid``, with known answers planted.
+"""Synthetic results stores in the schema of ``simulate.grid`` (``simulate.schema.synthetic_store``),
+with known answers planted.
 
 The trajectories are drawn per layer from the distributions the theory predicts (independent
 across layers: the analysis tests layer by layer, so correlations along depth do not matter to it),
@@ -16,63 +17,9 @@ import xarray as xr
 
 from analysis._store import Cell, Results
 from analysis.theory import cell_theory
-from simulate import gp
-from simulate.activations import Activation
+from simulate import gp, schema
 
 PARAM_DIMS = ("family", "sparsity", "clip", "q_star")
-
-
-def _skeleton(families, sparsities, clips, q_stars, widths, nets, depth, attrs) -> xr.Dataset:
-    coords = {
-        "family": list(families),
-        "sparsity": np.asarray(sparsities, float),
-        "clip": np.asarray(clips, float),
-        "q_star": np.asarray(q_stars, float),
-        "width": np.asarray(widths, int),
-        "net": np.arange(nets),
-        "layer": np.arange(depth + 1),
-        "input": np.arange(2),
-    }
-    shape = {d: len(v) for d, v in coords.items()}
-    param_shape = tuple(shape[d] for d in PARAM_DIMS)
-    per_cell = {name: np.zeros(param_shape) for name in ("tau", "sigma_w2", "sigma_b2")}
-    per_cell |= {"v_slope": np.zeros(param_shape), "gp_sparsity": np.zeros(param_shape)}
-    q_gp = np.zeros((*param_shape, depth + 1))
-    for index in np.ndindex(param_shape):
-        family, s, m, q_star = (coords[d][i] for d, i in zip(PARAM_DIMS, index, strict=True))
-        act = Activation.from_sparsity(family, s, q_star, m)
-        eoc = gp.edge_of_chaos(act, q_star)
-        per_cell["tau"][index] = act.tau
-        per_cell["sigma_w2"][index] = eoc.sigma_w2
-        per_cell["sigma_b2"][index] = eoc.sigma_b2
-        per_cell["v_slope"][index] = gp.variance_slope(act, q_star, eoc.sigma_w2)
-        per_cell["gp_sparsity"][index] = gp.sparsity(act, q_star)
-        q_gp[index] = gp.iterate_variance(act, q_star, eoc.sigma_w2, eoc.sigma_b2, depth)
-
-    def nan(*dims):
-        return (dims, np.full(tuple(shape[d] for d in dims), np.nan, np.float32))
-
-    traj = (*PARAM_DIMS, "width", "net", "layer")
-    return xr.Dataset(
-        {
-            **{k: (PARAM_DIMS, v) for k, v in per_cell.items()},
-            "q_gp": ((*PARAM_DIMS, "layer"), q_gp),
-            "q": nan(*traj, "input"),
-            "zero_frac": nan(*traj, "input"),
-            "corr": nan(*traj),
-            "log_gain": nan(*traj),
-            "escape_layer": (
-                (*PARAM_DIMS, "width", "net"),
-                np.full(tuple(shape[d] for d in (*PARAM_DIMS, "width", "net")), -1, np.int32),
-            ),
-            "cell_done": (
-                (*PARAM_DIMS, "width"),
-                np.ones(tuple(shape[d] for d in (*PARAM_DIMS, "width")), bool),
-            ),
-        },
-        coords=coords,
-        attrs={"depth": depth, "q0": "q_star", "c0": 0.5, "escape_factor": 10.0, **attrs},
-    )
 
 
 def theory_sample(cell: Cell, depth: int, c0: float, rng: np.random.Generator) -> dict:
@@ -110,12 +57,23 @@ def make_store(
     depth=40,
     seed=0,
     perturb: Perturb | None = None,
-    attrs: dict | None = None,
+    done: bool | np.ndarray = True,
 ) -> xr.Dataset:
-    """A finished store whose every cell is drawn by :func:`theory_sample`, then ``perturb``-ed in
-    place (``perturb(cell, values, rng)`` may edit values and set ``values["escape_layer"]``).
+    """A store in the sweep's schema (``schema.synthetic_store``: coordinates, the real per-cell
+    theory and activation descriptions, attributes) whose every cell marked in ``done`` is drawn by
+    :func:`theory_sample`, then ``perturb``-ed in place (``perturb(cell, values, rng)`` may edit
+    values and set ``values["escape_layer"]``); the other cells keep the schema's fill values.
     After an escape the trajectory is NaN, as in the real stores."""
-    ds = _skeleton(families, sparsities, clips, q_stars, widths, nets, depth, attrs or {})
+    ds = schema.synthetic_store(
+        family=list(families),
+        sparsity=list(sparsities),
+        clip=list(clips),
+        q_star=list(q_stars),
+        width=list(widths),
+        nets=nets,
+        depth=depth,
+    )
+    ds["cell_done"][...] = np.broadcast_to(done, ds["cell_done"].shape)
     results = Results(ds)
     rng = np.random.default_rng(seed)
     for cell in results.cells():

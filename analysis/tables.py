@@ -1,0 +1,58 @@
+"""Every table of one store, each computed once on first use and shared by the report and the
+figures (the width law, the stability table and the escape table feed several of them)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import pandas as pd
+
+from ._store import Results
+from .fit import ALPHA, fit_table
+from .instability import clip_window, escape_table, jump_table, stability_table, width_law
+from .phase import mc_phase, sigma_mc, theory_phase_of
+
+
+class Tables:
+    """The tables of ``results`` as lazily computed attributes (see each function's docstring)."""
+
+    def __init__(self, results: Results, alpha: float = ALPHA):
+        self.results = results
+        self.alpha = alpha
+
+    @cached_property
+    def fit(self) -> pd.DataFrame:
+        return fit_table(self.results, self.alpha)
+
+    @cached_property
+    def escape(self) -> pd.DataFrame:
+        return escape_table(self.results)
+
+    @cached_property
+    def width_law(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(points, fits) of :func:`analysis.instability.width_law`."""
+        return width_law(self.results)
+
+    @cached_property
+    def stability(self) -> pd.DataFrame:
+        return stability_table(self.results)
+
+    @cached_property
+    def window(self) -> pd.DataFrame:
+        return clip_window(self.results, self.stability)
+
+    @cached_property
+    def jumps(self) -> pd.DataFrame:
+        return jump_table(self.results)
+
+    @cached_property
+    def phase_theory(self) -> pd.DataFrame:
+        return theory_phase_of(self.results)
+
+    @cached_property
+    def phase_mc(self) -> pd.DataFrame:
+        return mc_phase(self.results, self.stability, self.escape)
+
+    @cached_property
+    def sigma(self) -> pd.DataFrame:
+        return sigma_mc(self.results)
