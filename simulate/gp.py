@@ -171,7 +171,15 @@ def _truncated_power_moment(a, b, p: int):
     Against quadrature, for a in [0, 4] and any band: relative error below 3e-13 (p = 2) and
     2e-12 (p = 4).
     """
-    a = np.asarray(a, dtype=float)
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size == 1 and b.size == 1:  # numpy scalars: the same arithmetic, without array overhead
+        shape = np.broadcast_shapes(a.shape, b.shape)
+        return np.reshape(_series_and_tail(a.reshape(())[()], b.reshape(())[()], p), shape)
+    return _series_and_tail(a, b, p)
+
+
+def _series_and_tail(a, b, p: int):
+    """The body of ``_truncated_power_moment``, for numpy arrays or numpy scalars alike."""
     head = _hermite_power_moment(a, np.minimum(b - a, _SERIES_WIDTH), p)
     c = a + _SERIES_WIDTH
     tail_moments = _raw_power_moments(c, np.maximum(b, c), p)  # all exactly 0 when b <= c
@@ -672,18 +680,17 @@ def finite_width(act: Activation, sigma_w2, sigma_b2, q0, depth: int, width: int
         raise ValueError(f"depth={depth!r}: must be an integer >= 0")
     if int(width) != width or width < 1:
         raise ValueError(f"width={width!r}: must be an integer >= 1")
-    q = np.empty(depth + 1)
+    q = iterate_variance(act, float(q0), sigma_w2, sigma_b2, depth)
     g1 = np.zeros(depth + 1)
     v4 = np.zeros(depth + 1)
-    q[0] = q0
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        # the coefficients along the whole GP trajectory at once; only the recursions are serial
+        slope = variance_slope(act, q, sigma_w2)
+        curvature = variance_curvature(act, q, sigma_w2)
+        noise = sigma_w2**2 * (activation_moment(act, q, 4) - activation_moment(act, q, 2) ** 2)
         for l in range(depth):
-            slope = variance_slope(act, q[l], sigma_w2)
-            curvature = variance_curvature(act, q[l], sigma_w2)
-            phi2, phi4 = activation_moment(act, q[l], 2), activation_moment(act, q[l], 4)
-            q[l + 1] = variance_map(act, q[l], sigma_w2, sigma_b2)
-            g1[l + 1] = slope * g1[l] + 0.5 * curvature * v4[l]
-            v4[l + 1] = slope**2 * v4[l] + sigma_w2**2 * (phi4 - phi2**2)
+            g1[l + 1] = slope[l] * g1[l] + 0.5 * curvature[l] * v4[l]
+            v4[l + 1] = slope[l] ** 2 * v4[l] + noise[l]
         sd = np.sqrt((2.0 * q**2 + v4) / width)
     layer = np.arange(depth + 1)
     attrs = {"units": "pre-activation variance"}
