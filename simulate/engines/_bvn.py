@@ -128,7 +128,9 @@ def norm_sf(x):
 def _horner(x, c):
     """c[0] + c[1] x + ... + c[7] x^7 for a tuple c of 8 coefficients (constants: global tuples, so
     that no array is materialised in the callers' hot loops)."""
-    return c[0] + x * (c[1] + x * (c[2] + x * (c[3] + x * (c[4] + x * (c[5] + x * (c[6] + x * c[7]))))))
+    return c[0] + x * (
+        c[1] + x * (c[2] + x * (c[3] + x * (c[4] + x * (c[5] + x * (c[6] + x * c[7])))))
+    )
 
 
 @njit(cache=True, nogil=True)

@@ -29,20 +29,27 @@ B = 2 (rows (h_0, h_1, t)), with S the set of sloped pieces and F the flat ones.
   piece it lands on.
 - D_k = {h_0 in F, h_1 in k}, k in S: probability sum_{f in F} R(f, k), with R(f, k) the
   bivariate normal probability of the rectangle f x k. Rows need h_1 (and which flat piece h_0 is
-  on, not its value; t is not needed since phi'(h_0) = 0). They are drawn by rejection: h_1 from
-  its marginal truncated to k, h_0 | h_1 Gaussian, accepted when h_0 lands on a flat piece. This is
-  exact (a sample of (h_0, h_1) | h_1 in k, conditioned on h_0 in F), and its cost is bounded
-  whatever the acceptance rate P(h_0 in F | h_1 in k): the expected number of proposals over the
-  n_k ~ Bin(N, P(F, k)) rows is N P(F, k) / P(F | k) = N P(h_1 in k), never more than the rows of a
-  full draw on piece k.
+  on, not its value; t is not needed since phi'(h_0) = 0). They are drawn by rejection
+  (:func:`conditional_pairs`): h_1 from its marginal truncated to k, h_0 | h_1 Gaussian, kept when
+  h_0 lands on a flat piece. This is exact (a sample of (h_0, h_1) | h_1 in k, conditioned on
+  h_0 in F), and its expected cost does not depend on the acceptance a = P(h_0 in F | h_1 in k):
+  N P(F, k) rows at 1 / a proposals each make N P(h_1 in k) proposals, never more than a full draw
+  of piece k. Its tail does: when a < SIDE_SWITCH the n_k rows are split over the flat pieces
+  (multinomial with R(f, k)) and each (f, k) is proposed from the less probable of its two pieces
+  (h_0 in f, keeping h_1 in k, when P(h_0 in f) <= P(h_1 in k); else h_1 in k, keeping h_0 in f),
+  the side of larger acceptance R(f, k) / min(P(h_0 in f), P(h_1 in k)): a rare flat piece no
+  longer makes a rare acceptance.
 - E_{f,g} = {h_0 in f, h_1 in g}, f, g in F: probability R(f, g); constants only.
 
 The classes partition the plane, so their probabilities sum to one. Rectangle probabilities come
-from the bivariate normal CDF at the breakpoints (:func:`simulate.engines._bvn.bvn_cdf`), the
-one-dimensional ones from erfc on the tail-appropriate side.
+from the bivariate normal CDF on the grid of breakpoints (:func:`simulate.engines._bvn.bvn_cdf_grid`),
+the one-dimensional ones from erfc on the tail-appropriate side.
 
-Truncated normal (:func:`truncated_normal`): inversion with one uniform, on the side of zero where
-each part of the interval lies, so both tails keep full relative precision: with
+Truncated normal (:func:`fill_truncated`, a piece's draws of a layer at once). A piece drawn often
+(STRIP_MIN_DRAWS) uses the strip sampler of :func:`prepare_strips`, an exact rejection sampler
+under a piecewise-constant envelope (about two uniforms per draw); otherwise inversion with one
+uniform, on the side of zero where each part of the interval lies, so both tails keep full relative
+precision: with
 w_- = Phi(min(b, 0)) - Phi(a) (the mass below 0) and w_+ = Q(max(a, 0)) - Q(b) (above 0),
 Q = 1 - Phi, and U = u (w_- + w_+), u uniform on (0, 1):
 
@@ -67,7 +74,6 @@ import math
 
 import numpy as np
 from numba import njit
-
 from scipy.special import ndtr
 
 from simulate.activations import Activation, piece_index
@@ -78,13 +84,20 @@ from simulate.engines.registry import Engine, Outputs, Problem, register
 MAX_INPUTS = 2
 """The largest B the engine serves (it needs B-variate normal rectangle probabilities)."""
 
-MAX_PROPOSALS = 10**7
+MAX_PROPOSALS = 10**9
 MAX_PROPOSALS_PER_ROW = 1000
-"""Budget of the rejection step of a class D_k: MAX_PROPOSALS_PER_ROW * N + MAX_PROPOSALS
-proposals, against an expected N P(h_1 in k) <= N. It is only exhausted when rounding gave a
-(numerically) empty class a positive probability (a rectangle of true probability far below the
-1e-16 absolute error of its inclusion-exclusion); the layer is then redrawn row by row. For a
-class of genuine probability the chance of exhausting it is below exp(-1000)."""
+"""Budget of one rejection step (:func:`conditional_pairs`): MAX_PROPOSALS_PER_ROW * N +
+MAX_PROPOSALS proposals. A class is sampled from the side where its acceptance is larger
+(SIDE_SWITCH); the acceptance of a genuine class is then at least of the order of
+sqrt(1 - rho^2) > 1e-6 (the thinnest class is a sliver along the diagonal as |rho| -> 1, and
+``safe_cholesky`` sends 1 - rho^2 <= 1e-12 to the row-by-row path), so that a genuine class runs
+through the budget with a probability of order exp(-1e-6 * 1e9) or below. The budget is there for a
+class that rounding made non-empty (a rectangle of true probability far below the 1e-16 absolute
+error of its inclusion-exclusion): the layer is then redrawn row by row, a departure from
+exactness of the size of that rounding."""
+SIDE_SWITCH = 0.01
+"""Below this acceptance P(h_0 in F | h_1 in k), the rows of D_k are drawn per flat piece f, each
+from the side (h_0 in f, or h_1 in k) of smaller probability, i.e. of larger acceptance."""
 
 TINY = 2.0**-54
 """Added to a uniform on [0, 1) (multiples of 2^-53) to make it uniform on (0, 1)."""
@@ -97,8 +110,8 @@ CORE_SPAN = 6.0
 """Half-width of the core of a piece (z units) around its point m nearest 0, divided by 1 + |m|
 (about the decay length of the density there); beyond it, tails drawn by inversion."""
 STRIP_MIN_DRAWS = 64
-"""Expected draws from a piece in one layer from which the strip sampler's setup (STRIPS + 1
-exponentials, an alias table, two tail rows) pays for itself; below, plain inversion."""
+"""Expected draws from a piece in one layer from which the strip sampler's set-up (the envelope,
+the guide table, the tail rows) pays for itself; below, plain inversion."""
 
 # one row of a truncation table: the interval [a, b) in z units, its masses below / above zero, and
 # the strip sampler's core start, strip width and flag (0: not prepared)
@@ -116,14 +129,6 @@ round; the margin keeps the envelope an upper and the squeeze a lower bound)."""
 
 # --------------------------------------------------------------------------------------------------
 # one-dimensional pieces and the truncated normal
-
-
-@njit(cache=True, nogil=True)
-def piece_bounds(breaks, p):
-    """[lo_p, hi_p) of piece p (lo_0 = -inf, hi_{P-1} = inf)."""
-    lo = -math.inf if p == 0 else breaks[p - 1]
-    hi = math.inf if p == breaks.size else breaks[p]
-    return lo, hi
 
 
 @njit(cache=True, nogil=True)
@@ -318,7 +323,7 @@ def full_layer(K, width, pieces, rng, L, S, zeros):
     g = np.empty(nv)
     a = np.empty(nv)
     d0 = 0.0
-    for i in range(width):
+    for _ in range(width):
         for r in range(nv):
             g[r] = rng.standard_normal()
         for b in range(n_inputs):
@@ -347,7 +352,7 @@ def sparse_layer_1(K, width, pieces, rng, work, S, zeros):
     """B = 1: add to S (2 x 2) and zeros (1) the sums over N rows (h, t) ~ N(0, K) (module
     docstring). Returns False, having drawn nothing, if K is degenerate (K_00 = 0)."""
     breaks, anchor_x, anchor_y, slope = pieces
-    L, tables, strips, guides, tails, _, _, probs, suffix, counts, zbuf = work
+    L, tables, strips, guides, tails, _, _, probs, suffix, counts, zbuf = work[:11]
     safe_cholesky(K, L)
     sigma = L[0, 0]
     if sigma == 0.0:
@@ -412,12 +417,45 @@ def rectangle_probabilities(table0, table1, rho, grid, rect):
 
 
 @njit(cache=True, nogil=True)
+def conditional_pairs(
+    n, row, strip, guide, tails, sigma, slope, sd, breaks, accept, per_row, rng, zbuf, xs, ys, width
+):
+    """n pairs (x, y) from (x, y) | x in the row's piece, y in an accepted piece, for x ~ N(0,
+    sigma^2) and y | x ~ N(slope x, sd^2), by rejection: x = sigma z with z truncated to the piece,
+    y drawn given x, kept when accept[piece of y]. Written to xs[:n], ys[:n]. ``per_row`` is the
+    expected number of proposals per kept pair (1 / acceptance), for the batch sizes and the choice
+    of the strip sampler. Returns False if the proposals exceed the budget (see MAX_PROPOSALS)."""
+    if n * per_row >= STRIP_MIN_DRAWS:
+        prepare_strips(row, strip, guide, tails)
+    kept = 0
+    budget = MAX_PROPOSALS_PER_ROW * width + MAX_PROPOSALS
+    while kept < n:
+        batch = min(zbuf.size, int(min((n - kept) * per_row * 1.1, 1e9)) + 8)
+        budget -= batch
+        if budget < 0:
+            return False
+        fill_truncated(row, strip, guide, tails, rng, zbuf[:batch])
+        for i in range(batch):
+            x = sigma * zbuf[i]
+            y = slope * x + sd * rng.standard_normal()
+            if not accept[piece_index(y, breaks)]:
+                continue
+            xs[kept] = x
+            ys[kept] = y
+            kept += 1
+            if kept == n:
+                break
+    return True
+
+
+@njit(cache=True, nogil=True)
 def sparse_layer_2(K, width, pieces, rng, work, S, zeros):
     """B = 2: add to S (3 x 3) and zeros (2) the sums over N rows (h_0, h_1, t) ~ N(0, K) (module
     docstring). Returns False if K is degenerate (then nothing is drawn), or if the rejection step
     of a class D_k exceeds MAX_PROPOSALS (then S and zeros are partial: see MAX_PROPOSALS)."""
     breaks, anchor_x, anchor_y, slope = pieces
-    L, tables, strips, guides, tails, grid, rect, probs, suffix, counts, zbuf = work
+    L, tables, strips, guides, tails, grid, rect, probs, suffix, counts, zbuf = work[:11]
+    pair_buf, accept, sub_counts = work[11:]
     safe_cholesky(K, L)
     if L[0, 0] == 0.0 or L[1, 1] == 0.0:
         return False
@@ -453,9 +491,11 @@ def sparse_layer_2(K, width, pieces, rng, work, S, zeros):
 
     l10, l11 = L[1, 0], L[1, 1]
     l20, l21, l22 = L[2, 0], L[2, 1], L[2, 2]
-    # h_0 | h_1 = m01 h_1 + e0 g
+    # h_0 | h_1 = m01 h_1 + e0 g and h_1 | h_0 = m10 h_0 + e1 g
     m01 = K[0, 1] / K[1, 1]
+    m10 = K[0, 1] / K[0, 0]
     e0 = sigma0 * math.sqrt((1.0 - rho) * (1.0 + rho))
+    e1 = sigma1 * math.sqrt((1.0 - rho) * (1.0 + rho))
     s00 = s01 = s11 = s0t = s1t = stt = 0.0
     z0 = z1 = 0
     c = 0
@@ -491,36 +531,55 @@ def sparse_layer_2(K, width, pieces, rng, work, S, zeros):
         if slope[k] == 0.0:
             continue
         n = counts[c]
+        p_fk = probs[c]
         c += 1
-        y, s, x1 = anchor_y[k], slope[k], anchor_x[k]
-        row, strip, guide, tail = table1[k], strips[1, k], guides[1, k], tails[1, k]
-        # expected proposals per accepted row: 1 / P(h_0 in F | h_1 in k)
-        per_row = piece_mass(row) / probs[c - 1] if probs[c - 1] > 0.0 else math.inf
-        if n > 0 and n * per_row >= STRIP_MIN_DRAWS:
-            prepare_strips(row, strip, guide, tail)
-        accepted = 0
-        budget = MAX_PROPOSALS_PER_ROW * width + MAX_PROPOSALS
-        while accepted < n:
-            batch = min(zbuf.size, int(min((n - accepted) * per_row * 1.1, 1e9)) + 8)
-            budget -= batch
-            if budget < 0:
+        if n == 0:
+            continue
+        # rows (h_0, h_1) of D_k, in pair_buf: by flat piece f, from whichever side accepts more
+        # often when D_k as a whole is a thin part of h_1's piece (SIDE_SWITCH), else at once
+        p1k = piece_mass(table1[k])
+        if p_fk >= SIDE_SWITCH * p1k:
+            accept[:] = slope == 0.0
+            done = conditional_pairs(
+                n, table1[k], strips[1, k], guides[1, k], tails[1, k], sigma1, m01, e0, breaks,
+                accept, p1k / p_fk, rng, zbuf, pair_buf[1], pair_buf[0], width,
+            )  # fmt: skip
+            if not done:
                 return False
-            fill_truncated(row, strip, guide, tail, rng, zbuf[:batch])
-            for i in range(batch):
-                h1 = sigma1 * zbuf[i]
-                p0 = piece_index(m01 * h1 + e0 * rng.standard_normal(), breaks)
-                if slope[p0] != 0.0:
+        else:
+            multinomial(rng, n, rect[:, k] * (slope == 0.0), suffix, sub_counts)
+            start = 0
+            for f in range(n_pieces):
+                m = sub_counts[f]
+                if m == 0:
                     continue
-                a0 = anchor_y[p0]
-                a1 = y + s * (h1 - x1)
-                s00 += a0 * a0
-                s01 += a0 * a1
-                s11 += a1 * a1
-                z0 += a0 == 0.0
-                z1 += a1 == 0.0
-                accepted += 1
-                if accepted == n:
-                    break
+                accept[:] = False
+                r = pair_buf[:, start : start + m]
+                if piece_mass(table0[f]) <= p1k:  # propose h_0 in f
+                    accept[k] = True
+                    done = conditional_pairs(
+                        m, table0[f], strips[0, f], guides[0, f], tails[0, f], sigma0, m10, e1,
+                        breaks, accept, piece_mass(table0[f]) / rect[f, k], rng, zbuf, r[0], r[1],
+                        width,
+                    )  # fmt: skip
+                else:  # propose h_1 in k
+                    accept[f] = True
+                    done = conditional_pairs(
+                        m, table1[k], strips[1, k], guides[1, k], tails[1, k], sigma1, m01, e0,
+                        breaks, accept, p1k / rect[f, k], rng, zbuf, r[1], r[0], width,
+                    )  # fmt: skip
+                if not done:
+                    return False
+                start += m
+        y, s, x1 = anchor_y[k], slope[k], anchor_x[k]
+        for i in range(n):
+            a0 = anchor_y[piece_index(pair_buf[0, i], breaks)]
+            a1 = y + s * (pair_buf[1, i] - x1)
+            s00 += a0 * a0
+            s01 += a0 * a1
+            s11 += a1 * a1
+            z0 += a0 == 0.0
+            z1 += a1 == 0.0
     for f in range(n_pieces):  # E_{f,g}
         if slope[f] != 0.0:
             continue
@@ -572,6 +631,9 @@ def workspace(nv, n_pieces, width):
         np.empty(n_classes),
         np.empty(n_classes, dtype=np.int64),
         np.empty(width),
+        np.empty((2, width)),
+        np.empty(n_pieces, dtype=np.bool_),
+        np.empty(n_pieces, dtype=np.int64),
     )
 
 
@@ -659,12 +721,12 @@ def supports(act: Activation, n_inputs: int) -> str | None:
     return None
 
 
-LAYER_NS = 700.0
+LAYER_NS = 2500.0
 """Fixed cost of a layer (ns): the truncation tables, the binomials of the class counts, the strip
 set-up of the sloped pieces, the loop."""
-BVN_NS = 750.0
+BVN_NS = 450.0
 """One point of the bivariate normal CDF grid (ns); a B = 2 layer needs (P - 1)^2 for P pieces."""
-ROW_NS = (0.0, 31.0, 34.0)
+ROW_NS = (0.0, 28.0, 47.0)
 """Per drawn row and input (ns), B = 1 and B = 2: a truncated normal, the tangent (and the other
 input), the piece lookups and the sums."""
 TYPICAL_SLOPED = 0.15
@@ -681,8 +743,9 @@ def sloped_mass(act: Activation, q: float) -> float:
 def sparse_cost(width: int, n_inputs: int, act: Activation | None = None, q: float = 1.0) -> float:
     """Estimated ns per network-layer (the registry's ``cost``): LAYER_NS, plus (P - 1)^2 BVN_NS for
     B = 2, plus ROW_NS[B] for each of the B N P(sloped) drawn rows, P(sloped) at variance q (the
-    activation's pieces; TYPICAL_SLOPED without it). Calibrated against the Gram engine's model on
-    benchmarks/sparse.py (CReLU at the EoC, q* = 1)."""
+    activation's pieces; TYPICAL_SLOPED without it). Calibrated so that its ratio to the Gram
+    engine's model matches the speedups of benchmarks/sparse.py (CReLU, m = 1, at the EoC with
+    q* = 1, s = 0.5 to 0.9, N = 1000 and 10000)."""
     fraction = TYPICAL_SLOPED if act is None else sloped_mass(act, q)
     n_pieces = 3 if act is None else act.pieces.slope.size
     fixed = LAYER_NS + (BVN_NS * (n_pieces - 1) ** 2 if n_inputs == 2 else 0.0)
