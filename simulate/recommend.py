@@ -1,0 +1,209 @@
+"""``python -m simulate.recommend``: tau, clip level and EoC initialisation for a target sparsity.
+
+    python -m simulate.recommend --sparsity 0.85 --depth 100 --width 300 [--family crelu|cst]
+        [--q-star 1] [--nets 32] [--seed 0] [--json]
+
+For the named family at GP sparsity s and variance fixed point q* it reports:
+
+- tau, from ``Activation.from_sparsity`` (CReLU: s = Phi(tau / sqrt(q*)); CST: s = 2 Phi(tau / sqrt(q*)) - 1);
+- the clip window [m_lo, m_hi] in which the clipped network is both trainable and stable at q*:
+  m_lo = ``gp.min_gradient_clip`` (half of the active units pass gradient: P(phi' != 0) / P(phi != 0)
+  = 1/2 at q*; below it most active units sit on a flat clipped piece) and m_hi = ``gp.max_stable_clip``
+  (above it the EoC variance map grows a second, upper fixed point and networks can jump to it);
+- the recommended clip m = sqrt(m_lo m_hi), the geometric middle of the window: the window is a
+  ratio of scales (both edges scale with sqrt(q*)), and the middle keeps the largest relative margin
+  from both failure modes, so that the finite-width spread of q (below) moves neither the gradient
+  fraction nor the bistability edge across;
+- sigma_w^2, sigma_b^2 = ``gp.edge_of_chaos`` and V'(q*) (< 1: q* attracts, with depth scale
+  xi_q = -1 / ln V'(q*));
+- the predicted spread of the layer variance at that width and depth, from the 1/N theory
+  ``gp.finite_width``: sd(q^L) / q* and the mean shift (E[q^L] - q*) / q*;
+- the input signal left at the last layer: 1 - c^L, the GP correlation of two inputs after L layers
+  started at c^0 = 1/2 (``gp.correlation_map`` iterated at q*), beside ReLU's at the same depth. On
+  the EoC c -> 1 polynomially, faster for sparse activations (most of q* is the input-independent
+  bias variance); in the runs of docs/training.md only networks starting with 1 - c^L of about
+  4e-3 or more trained well within 20 epochs;
+- the unclipped twin (same tau, m = inf: ReLU_tau or ST_tau) in a quick Monte Carlo of that exact
+  architecture (``simulate.engines.run_cell``, ``--nets`` networks, default pair of inputs at q*): the
+  fraction whose q leaves [q*/10, 10 q*] by the last layer and the median escape layer (networks that
+  never escape count as beyond the last layer, so the median is "> depth" when fewer than half do);
+- the initialiser call that builds such a network (:func:`simulate.train.init.initialise`).
+
+``--json`` prints one JSON object instead (keys listed in :func:`recommend`). Bad input: one line
+naming the field, the value and what is allowed; exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+
+from simulate import gp
+from simulate.activations import FAMILIES, Activation
+from simulate.engines import run_cell
+
+
+def recommend(
+    family: str,
+    sparsity: float,
+    depth: int,
+    width: int,
+    q_star: float = 1.0,
+    *,
+    nets: int = 32,
+    seed: int = 0,
+) -> dict:
+    """The recommendation (module docstring) as a dict of plain numbers and strings, with keys
+    family, sparsity, q_star, depth, width, tau, clip_window, m, gradient_fraction, sigma_w2,
+    sigma_b2, v_slope, xi_q, q_sd_rel, q_shift_rel, corr_gap, corr_gap_relu, twin (label, nets, escaped_fraction,
+    median_escape_layer: None when beyond ``depth``), initialiser."""
+    _check(family, sparsity, depth, width, q_star, nets, seed)
+    m_lo = gp.min_gradient_clip(family, sparsity, q_star)
+    m_hi = gp.max_stable_clip(family, sparsity, q_star)
+    if m_lo >= m_hi:
+        raise ValueError(
+            f"sparsity={sparsity!r}: the clip window is empty at q*={q_star} "
+            f"(gradient edge {m_lo:.3g} >= stability edge {m_hi:.3g})"
+        )
+    m = math.sqrt(m_lo * m_hi)
+    act = Activation.from_sparsity(family, sparsity, q_star, m)
+    eoc = gp.edge_of_chaos(act, q_star)
+    sigma_w2, sigma_b2 = float(eoc.sigma_w2), float(eoc.sigma_b2)
+    theory = gp.finite_width(act, sigma_w2, sigma_b2, q0=q_star, depth=depth, width=width)
+    last = theory.isel(layer=-1)
+
+    relu = Activation.relu()
+    relu_eoc = gp.edge_of_chaos(relu, q_star)
+
+    twin = Activation(family, act.tau)
+    twin_eoc = gp.edge_of_chaos(twin, q_star)
+    mc = run_cell(
+        twin, float(twin_eoc.sigma_w2), float(twin_eoc.sigma_b2), width=width, depth=depth,
+        nets=nets, q0=q_star, q_ref=q_star, seed=seed,
+    )  # fmt: skip
+    escape = mc.escape_layer.values
+    median = float(np.median(np.where(escape >= 0, escape, np.inf)))
+    return {
+        "family": family,
+        "sparsity": float(sparsity),
+        "q_star": float(q_star),
+        "depth": int(depth),
+        "width": int(width),
+        "tau": float(act.tau),
+        "clip_window": [m_lo, m_hi],
+        "m": m,
+        "gradient_fraction": float(gp.gradient_fraction(act, q_star)),
+        "sigma_w2": sigma_w2,
+        "sigma_b2": sigma_b2,
+        "v_slope": float(gp.variance_slope(act, q_star, sigma_w2)),
+        "xi_q": float(gp.xi_q(act, q_star, sigma_w2)),
+        "q_sd_rel": float(last.q_sd) / q_star,
+        "q_shift_rel": float(last.q_mean) / q_star - 1.0,
+        "corr_gap": correlation_gap(act, q_star, sigma_w2, sigma_b2, depth),
+        "corr_gap_relu": correlation_gap(
+            relu, q_star, float(relu_eoc.sigma_w2), float(relu_eoc.sigma_b2), depth
+        ),
+        "twin": {
+            "label": twin.label(),
+            "nets": int(nets),
+            "escaped_fraction": float(np.mean(escape >= 0)),
+            "median_escape_layer": int(median) if math.isfinite(median) else None,
+        },
+        "initialiser": (
+            f"initialise(Activation({family!r}, {float(act.tau)!r}, {m!r}), q_star={float(q_star)!r}, "
+            f"widths=[d_in] + [{width}] * {depth} + [n_out])"
+        ),
+    }
+
+
+def correlation_gap(act, q_star, sigma_w2, sigma_b2, depth, c0=0.5) -> float:
+    """1 - c^depth with c^0 = c0 and c^{l+1} = R(c^l) = ``gp.correlation_map`` at q*."""
+    c = c0
+    for _ in range(depth):
+        c = float(gp.correlation_map(act, c, q_star, sigma_w2, sigma_b2))
+    return 1.0 - c
+
+
+def _check(family, sparsity, depth, width, q_star, nets, seed):
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r}: must be one of {', '.join(FAMILIES)}")
+    low = 0.5 if family == "crelu" else 0.0
+    if not (math.isfinite(sparsity) and low <= sparsity < 1):
+        raise ValueError(f"sparsity={sparsity!r}: must be in [{low}, 1) for {family}")
+    if not (math.isfinite(q_star) and q_star > 0):
+        raise ValueError(f"q_star={q_star!r}: must be finite and > 0")
+    for name, value, lowest in (("depth", depth, 1), ("width", width, 1), ("nets", nets, 1)):
+        if value < lowest:
+            raise ValueError(f"{name}={value!r}: must be an integer >= {lowest}")
+    if seed < 0:
+        raise ValueError(f"seed={seed!r}: must be an integer >= 0")
+
+
+def render(r: dict) -> str:
+    """The recommendation as text."""
+    lo, hi = r["clip_window"]
+    twin = r["twin"]
+    median = twin["median_escape_layer"]
+    median = f"> {r['depth']}" if median is None else str(median)
+    rows = [
+        f"{r['family']} at sparsity {r['sparsity']:g}, q* = {r['q_star']:g}, "
+        f"depth {r['depth']}, width {r['width']}",
+        f"  tau                {r['tau']:.6g}",
+        f"  clip window        m in [{lo:.4g}, {hi:.4g}]   (half the active units pass gradient; "
+        "bistability edge)",
+        f"  recommended m      {r['m']:.4g}   (geometric middle of the window; "
+        f"{r['gradient_fraction']:.0%} of active units pass gradient)",
+        f"  sigma_w^2          {r['sigma_w2']:.6g}",
+        f"  sigma_b^2          {r['sigma_b2']:.6g}",
+        f"  V'(q*)             {r['v_slope']:.4g}   (q* attracts; depth scale xi_q = "
+        f"{r['xi_q']:.3g} layers)",
+        f"  spread of q^L      sd {r['q_sd_rel']:.3g} q*, mean shift {r['q_shift_rel']:+.3g} q*   "
+        f"(1/N theory at layer {r['depth']})",
+        f"  input signal       1 - c^L = {r['corr_gap']:.2g} (ReLU: {r['corr_gap_relu']:.2g})   "
+        f"(GP correlation of two inputs at layer {r['depth']} from 1/2)",
+        f"  unclipped twin     {twin['label']}: {twin['escaped_fraction']:.0%} of {twin['nets']} "
+        f"Monte Carlo nets leave [q*/10, 10 q*] by layer {r['depth']}; median escape layer {median}",
+        "  initialiser        from simulate.activations import Activation",
+        "                     from simulate.train.init import initialise",
+        f"                     init = {r['initialiser']}",
+    ]
+    return "\n".join(rows)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2)."""
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def main(argv=None) -> int:
+    p = _Parser(prog="python -m simulate.recommend", description=__doc__.splitlines()[0])
+    p.add_argument("--sparsity", type=float, required=True, help="target GP sparsity at q*")
+    p.add_argument("--depth", type=int, required=True, help="number of hidden layers")
+    p.add_argument("--width", type=int, required=True, help="units per hidden layer")
+    p.add_argument("--family", default="crelu", help=f"one of {', '.join(FAMILIES)}")
+    p.add_argument("--q-star", type=float, default=1.0, help="variance fixed point (default 1)")
+    p.add_argument("--nets", type=int, default=32, help="Monte Carlo networks for the twin")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    try:
+        r = recommend(
+            args.family, args.sparsity, args.depth, args.width, args.q_star,
+            nets=args.nets, seed=args.seed,
+        )  # fmt: skip
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(r) if args.json else render(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
