@@ -371,19 +371,32 @@ class Pieces:
             for target, v in zip((lo, hi, ax, ay, sl), (low, high, x, y, s), strict=True):
                 target.append(np.broadcast_to(np.asarray(v, float), batch))
 
-        add(-np.inf, knots[..., 0], knots[..., 0], values[..., 0], slopes[..., 0])
+        def same_for_all(flags):
+            if np.any(flags) != np.all(flags):
+                raise ValueError("a batch of activations must share one piece structure")
+            return bool(np.all(flags))
+
+        def ray(low, high, k, y, s):
+            """The outer piece [low, high) through (k, y) with slope s, split where it crosses 0."""
+            with np.errstate(divide="ignore", invalid="ignore"):
+                root = k - y / s
+                crossing = (s != 0.0) & (low < root) & (root < high)
+            if same_for_all(crossing):
+                add(low, root, root, 0.0, s)
+                add(root, high, root, 0.0, s)
+            else:
+                add(low, high, k, y, s)
+
+        ray(-np.inf, knots[..., 0], knots[..., 0], values[..., 0], slopes[..., 0])
         for j in range(knots.shape[-1] - 1):
             k0, k1 = knots[..., j], knots[..., j + 1]
             y0, y1 = values[..., j], values[..., j + 1]
-            crossing = y0 * y1 < 0
-            if np.any(crossing) != np.all(crossing):
-                raise ValueError("a batch of activations must share one piece structure")
-            if np.all(crossing):
+            if same_for_all(y0 * y1 < 0):
                 root = k0 - y0 * (k1 - k0) / (y1 - y0)
                 add(k0, root, root, 0.0, slopes[..., j + 1])
                 add(root, k1, root, 0.0, slopes[..., j + 1])
             else:
                 left = np.abs(y0) <= np.abs(y1)
                 add(k0, k1, np.where(left, k0, k1), np.where(left, y0, y1), slopes[..., j + 1])
-        add(knots[..., -1], np.inf, knots[..., -1], values[..., -1], slopes[..., -1])
+        ray(knots[..., -1], np.inf, knots[..., -1], values[..., -1], slopes[..., -1])
         return cls(*(np.ascontiguousarray(np.stack(v, -1)) for v in (lo, hi, ax, ay, sl)))

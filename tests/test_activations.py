@@ -80,13 +80,16 @@ def reference_interp(knots, values, left, right, x):
     ("knots", "values", "left", "right"),
     [([-1.0, 0.5, 2.0], [-0.3, 0.0, 1.5], 0.2, 0.0),
      ([-1.0, 0.0, 1.0], [1.0, -0.5, 2.0], -0.3, 0.4),  # two sign changes inside pieces
-     ([0.3], [0.0], 0.0, 1.0)],
+     ([0.3], [0.0], 0.0, 1.0),
+     ([-1.0, 0.5, 2.0], [0.3, -0.6, 1.0], 0.25, -0.5)],  # both outer rays cross 0
 )  # fmt: skip
 def test_piecewise_linear_interpolates_its_points(knots, values, left, right):
     act = Activation.piecewise_linear(knots, values, left, right)
     ref = reference_interp(np.array(knots), np.array(values), left, right, X)
     np.testing.assert_allclose(act(X), ref, rtol=1e-14, atol=1e-14)
     np.testing.assert_array_equal(act(np.array(knots)), values)
+    roots = act.pieces.anchor_x[act.pieces.anchor_y == 0.0]
+    np.testing.assert_array_equal(act(roots), 0.0)  # exact zeros where phi changes sign
     h = 1e-6
     away = np.all(np.abs(X[:, None] - np.array(knots)[None, :]) > 1e-3, axis=1)
     slope = (reference_interp(np.array(knots), np.array(values), left, right, X + h)
