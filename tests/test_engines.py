@@ -559,15 +559,18 @@ def test_bad_arguments_raise_one_clear_error(override, message):
 CACHE_PROBE = textwrap.dedent(
     """
     import json, sys
+    import numpy as np
     import simulate
     from simulate.activations import Activation
-    from simulate.engines import propagate, run_cell
+    from simulate.engines import propagate
 
     assert simulate.__file__.startswith(sys.argv[1]), simulate.__file__
     act = Activation("crelu", 0.3, 1.0)
-    ds = run_cell(act, 2.0, 0.1, width=16, depth=4, nets=3, q0=1.0, seed=1)
-    hits = sum(propagate.run_networks.stats.cache_hits.values())
-    print(json.dumps({"q": ds.q.values.tolist(), "cache_hits": hits}))
+    H = np.linspace(-2.0, 2.0, 24).reshape(3, 8)  # two inputs and the tangent, width 8
+    A, zero_frac = np.empty_like(H), np.empty(2)
+    propagate.post_activations(H, A, act.pieces.kernel, zero_frac)  # calls phi across files
+    hits = sum(propagate.post_activations.stats.cache_hits.values())
+    print(json.dumps({"q": A.tolist(), "cache_hits": hits}))
     """
 )
 
@@ -583,11 +586,12 @@ EDITED_PHI = textwrap.dedent(
 
 @pytest.mark.slow
 def test_numba_cache_is_never_stale(tmp_path):
-    """In a copy of the package with its own NUMBA_CACHE_DIR: run a cell (compiles and caches),
-    again (loads run_networks from the cache, same result), then edit ``phi`` in activations.py
-    and run again with the same cache: the result must be the edited kernel's, i.e. equal to a run
-    compiled from scratch, and differ from the first. (Numba alone keys the cached run_networks on
-    propagate.py only, and would run the old phi.) Three compilations: about a minute."""
+    """In a copy of the package with its own NUMBA_CACHE_DIR: run propagate.post_activations
+    (compiles and caches it with the phi it calls from activations.py), again (loads it from the
+    cache, same result), then edit ``phi`` in activations.py and run again with the same cache: the
+    result must be the edited kernel's, i.e. equal to a run compiled from scratch, and differ from
+    the first. (Numba alone keys the cached post_activations on propagate.py only, and would run the
+    old phi.)"""
     package = tmp_path / "package"
     shutil.copytree(
         Path(simulate.__file__).parent,
