@@ -1,4 +1,5 @@
-"""``python -m analysis.figures RESULTS [--out DIR]``: the figures of a results store, PNG and PDF.
+"""``python -m analysis.figures RESULTS [--out DIR] [--init INIT_STORE]``: the figures of a results
+store, PNG and PDF.
 
 Default output: a ``figures/`` folder next to the store. Figures (those that need what the store
 lacks are skipped); on an Edge-of-Chaos store every panel row is one (family, q*) facet, so a sweep
@@ -16,6 +17,18 @@ over several q* gets one row per q*, never an average over them:
 - ``sigma_phase``: for an off-EoC sweep, the (sigma_w^2, sigma_b^2) plane with the chi_1 = 1 line,
   ordered and chaotic regions, V'(q) at the attracting fixed point and the measured gains.
 
+A training store (``python -m simulate.grid --experiment train``; ``--init INIT_STORE`` adds the
+Monte Carlo of the same activations) gets, from the tables of :mod:`analysis.training`:
+
+- ``training_phase``: final test accuracy over (sparsity, clip) per (family, q*, width, depth,
+  lr), with the theory window (its edges, or the cells inside it outlined when the grid has one
+  finite clip level); beside it, with an init store, the Monte Carlo fraction at q*;
+- ``training_curves[_<setting>]``: test accuracy and loss against epoch per activation;
+- ``training_sparsity[_<setting>]``: hidden sparsity against its target, through training (mean
+  and spread over layers) and through depth (at initialisation and at the end);
+- ``training_link``: final accuracy against V'(q*) and, with an init store, the Monte Carlo
+  escape fraction and fraction at q*, coloured by where m lies against the theory window.
+
 Panels are named by the store's ``family`` label (a named family or a user shape's name) and the
 cell's parameters. On a partial store (an interrupted sweep) every Monte Carlo figure says so in
 its title, and the phase diagram hatches the cells not run.
@@ -23,6 +36,7 @@ its title, and the phase diagram hatches the cells not run.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from pathlib import Path
@@ -37,17 +51,19 @@ import seaborn as sns
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from simulate import gp
 from simulate.activations import Activation
 
 from ._cli import Parser, run_cli, writable_dir
-from ._store import Cell, Results, open_results
+from ._store import Cell, Results
 from .instability import escape_times, theory_window
 from .phase import sigma_theory
 from .survival import kaplan_meier, survival_at
 from .tables import Tables
 from .theory import cell_theory
+from .training import PREDICTORS, TrainingResults, TrainingTables, open_stores, pooled
 
 WIDTH_IN = 8.0
 DPI = 120
@@ -366,22 +382,114 @@ def _clip_position(clips: np.ndarray, m):
     return np.where(m > finite[-1], beyond, pos)
 
 
+def table_grid(table, value: str, sparsities, clips, **where) -> np.ndarray:
+    """``value`` of the rows of ``table`` matching ``where`` as a (sparsity, clip) array over the
+    given coordinates; NaN where there is no row."""
+    grid = np.full((len(sparsities), len(clips)), np.nan)
+    if table.empty:
+        return grid
+    sel = table[np.logical_and.reduce([(table[k] == v).to_numpy() for k, v in where.items()])]
+    lookup = sel.set_index(["sparsity", "clip"])[value]
+    for i, s in enumerate(sparsities):
+        for j, m in enumerate(clips):
+            grid[i, j] = lookup.get((s, m), np.nan)
+    return grid
+
+
 def phase_grid(stability, results: Results, family: str, q_star: float, width: int) -> np.ndarray:
     """frac_stay as a (sparsity, clip) array in the store's coordinate order for one facet and
     width; NaN where the cell is not finished."""
-    grid = np.full((results.ds.sizes["sparsity"], results.ds.sizes["clip"]), np.nan)
-    if stability.empty:
-        return grid
-    sel = stability[
-        (stability["family"] == family)
-        & (stability["q_star"] == q_star)
-        & (stability["width"] == width)
-    ]
-    table = sel.set_index(["sparsity", "clip"])["frac_stay"]
-    for i, s in enumerate(_coords(results, "sparsity")):
-        for j, m in enumerate(_coords(results, "clip")):
-            grid[i, j] = table.get((s, m), np.nan)
-    return grid
+    return table_grid(
+        stability,
+        "frac_stay",
+        _coords(results, "sparsity"),
+        _coords(results, "clip"),
+        family=family,
+        q_star=q_star,
+        width=width,
+    )
+
+
+def _window_edges(family: str, q_star: float, sparsities: np.ndarray):
+    """(s_fine, edges): the theory window's (lower, upper) edges at the grid sparsities and halfway
+    between them (each upper edge is a bifurcation search; ``theory_window`` caches them)."""
+    s_fine = np.sort(np.concatenate([sparsities, (sparsities[1:] + sparsities[:-1]) / 2]))
+    return s_fine, np.array([theory_window(family, s, q_star) for s in s_fine])
+
+
+def _outline_window(ax, family: str, q_star: float, sparsities, clips) -> None:
+    """Outline the cells whose clip level lies inside the theory window (a grid with one finite
+    clip level, where the edges have no scale to be drawn on)."""
+    for i, s in enumerate(sparsities):
+        low, high = theory_window(family, s, q_star)
+        for j, m in enumerate(clips):
+            if low <= m <= high:  # False for NaN edges and for m = inf
+                ax.add_patch(
+                    Rectangle(
+                        (j - 0.45, i - 0.45),
+                        0.9,
+                        0.9,
+                        fill=False,
+                        color="lime",
+                        lw=2,
+                        ls="--",
+                        label="clip inside the theory window",
+                    )
+                )
+
+
+def _heat_panel(ax, grid, done, sparsities, clips, family, q_star, cmap, notes=None):
+    """One (sparsity, clip) heat map of values in [0, 1]: each value written in its cell (with its
+    ``notes`` text, if any), cells not run hatched, the theory window's edges over it (named
+    families only). Returns the mesh (for a colour bar)."""
+    mesh = ax.pcolormesh(
+        np.arange(clips.size + 1) - 0.5,
+        np.arange(sparsities.size + 1) - 0.5,
+        grid,
+        cmap=cmap,
+        vmin=0,
+        vmax=1,
+    )
+    for i, j in np.ndindex(grid.shape):
+        value = grid[i, j]
+        if not done[i, j]:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", color="0.6"))
+        elif np.isfinite(value):
+            ax.text(
+                j,
+                i,
+                ("1" if value == 1 else f"{value:.2f}".removeprefix("0"))
+                + ("" if notes is None else notes[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7.5,
+                color="black" if value > 0.55 else "white",
+            )
+    s_fine, edges = _window_edges(family, q_star, sparsities)
+    y = np.interp(s_fine, sparsities, np.arange(sparsities.size))
+    if np.isfinite(clips).sum() == 1:  # one clip column: no scale to draw the edges on
+        _outline_window(ax, family, q_star, sparsities, clips)
+    elif np.isfinite(edges).all() and np.isfinite(clips).sum():
+        ax.plot(
+            _clip_position(clips, edges[:, 0]),
+            y,
+            color="deepskyblue",
+            lw=2,
+            label="theory lower edge",
+        )
+        ax.plot(
+            _clip_position(clips, edges[:, 1]),
+            y,
+            color="lime",
+            lw=2,
+            label="theory upper edge",
+        )
+    ax.set_xticks(np.arange(clips.size), [f"{m:g}" if math.isfinite(m) else "∞" for m in clips])
+    ax.set_yticks(np.arange(sparsities.size), [f"{s:g}" for s in sparsities])
+    ax.set_xlim(-0.5, clips.size - 0.5)
+    ax.set_ylim(-0.5, sparsities.size - 0.5)
+    ax.grid(False)
+    return mesh
 
 
 def fig_phase(results: Results, out: Path, stability) -> list[Path]:
@@ -392,9 +500,6 @@ def fig_phase(results: Results, out: Path, stability) -> list[Path]:
     widths = _coords(results, "width")
     clips = np.array(_coords(results, "clip"), float)
     sparsities = np.array(_coords(results, "sparsity"), float)
-    # the edges at the simulated sparsities (cached for the tables) and halfway between them: each
-    # upper edge is a bifurcation search
-    s_fine = np.sort(np.concatenate([sparsities, (sparsities[1:] + sparsities[:-1]) / 2]))
     fig, axes = plt.subplots(
         len(facets),
         len(widths),
@@ -404,59 +509,12 @@ def fig_phase(results: Results, out: Path, stability) -> list[Path]:
         sharey=True,
     )
     for row, (family, q_star) in zip(axes, facets, strict=True):
-        edges = np.array([theory_window(family, s, q_star) for s in s_fine])
         for ax, width in zip(row, widths, strict=True):
             grid = phase_grid(stability, results, family, q_star, width)
-            mesh = ax.pcolormesh(
-                np.arange(clips.size + 1) - 0.5,
-                np.arange(sparsities.size + 1) - 0.5,
-                grid,
-                cmap="rocket",
-                vmin=0,
-                vmax=1,
-            )
             done = results.done.sel(family=family, q_star=q_star, width=width)
             done = done.transpose("sparsity", "clip").values
-            for i, j in np.ndindex(grid.shape):
-                value = grid[i, j]
-                if not done[i, j]:
-                    ax.add_patch(
-                        Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", color="0.6")
-                    )
-                elif np.isfinite(value):
-                    ax.text(
-                        j,
-                        i,
-                        "1" if value == 1 else f"{value:.2f}".removeprefix("0"),
-                        ha="center",
-                        va="center",
-                        fontsize=7.5,
-                        color="black" if value > 0.55 else "white",
-                    )
-            y = np.interp(s_fine, sparsities, np.arange(sparsities.size))
-            if np.isfinite(edges).all() and np.isfinite(clips).sum():
-                ax.plot(
-                    _clip_position(clips, edges[:, 0]),
-                    y,
-                    color="deepskyblue",
-                    lw=2,
-                    label="theory lower edge",
-                )
-                ax.plot(
-                    _clip_position(clips, edges[:, 1]),
-                    y,
-                    color="lime",
-                    lw=2,
-                    label="theory upper edge",
-                )
+            mesh = _heat_panel(ax, grid, done, sparsities, clips, family, q_star, "rocket")
             ax.set_title(f"{family}{_at_q(results, q_star)}, N = {width}")
-            ax.set_xticks(
-                np.arange(clips.size), [f"{m:g}" if math.isfinite(m) else "∞" for m in clips]
-            )
-            ax.set_yticks(np.arange(sparsities.size), [f"{s:g}" for s in sparsities])
-            ax.set_xlim(-0.5, clips.size - 0.5)
-            ax.set_ylim(-0.5, sparsities.size - 0.5)
-            ax.grid(False)
         row[0].set_ylabel("target sparsity s")
     for ax in axes[-1]:
         ax.set_xlabel("clip level m")
@@ -707,13 +765,383 @@ def fig_sigma(results: Results, out: Path, table) -> list[Path] | None:
     return _save(fig, out, "sigma_phase")
 
 
+# -- training sweeps ----------------------------------------------------------------------------
+
+WINDOW_COLORS = {
+    "inside": "tab:green",
+    "below": "tab:blue",
+    "above": "tab:orange",
+    "unclipped": "tab:red",
+    "none": "tab:grey",
+}
+"""Colour of a configuration by where its clip level lies against the theory window."""
+
+WINDOW_LABELS = {
+    "inside": "clipped, inside the theory window",
+    "below": "clipped, below the window",
+    "above": "clipped, above the window",
+    "unclipped": "unclipped",
+    "none": "user shape (no window)",
+}
+
+FAMILY_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+SETTING_NAMES = {"q_star": "q*", "width": "N", "depth": "L", "lr": "lr"}
+"""How a figure names the axes of a training setting."""
+
+
+def _settings(tr: TrainingResults) -> list[dict]:
+    """Every (q*, width, depth, lr) of the store: one set of training figures each."""
+    dims = tuple(SETTING_NAMES)
+    return [
+        dict(zip(dims, values, strict=True))
+        for values in itertools.product(*(tr.coords(d) for d in dims))
+    ]
+
+
+def _setting_label(setting: dict) -> str:
+    """``q* = 1, N = 300, L = 100, lr = 0.001``."""
+    return ", ".join(f"{SETTING_NAMES[d]} = {v:g}" for d, v in setting.items())
+
+
+def _setting_suffix(tr: TrainingResults, setting: dict) -> str:
+    """File-name suffix naming the setting's values along the axes with several (``_L100_lr0.001``)."""
+    short = {"q_star": "q", "width": "N", "depth": "L", "lr": "lr"}
+    return "".join(f"_{short[d]}{v:g}" for d, v in setting.items() if tr.ds.sizes[d] > 1)
+
+
+def _clip_colors(clips) -> dict:
+    """A colour per clip level: finite ones from a sequential palette, unclipped black."""
+    finite = [m for m in clips if math.isfinite(m)]
+    colors = dict(zip(finite, sns.color_palette("flare", len(finite)), strict=True))
+    return colors | {m: "black" for m in clips if not math.isfinite(m)}
+
+
+def _clip_label(m: float) -> str:
+    return f"m = {m:g}" if math.isfinite(m) else "unclipped"
+
+
+def fig_training_phase(tr: TrainingResults, out: Path, tables: TrainingTables) -> list[Path] | None:
+    """Mean final test accuracy over (sparsity, clip), one row per (family, q*, width, depth, lr),
+    with the theory window's edges; beside it, with an init store, the Monte Carlo fraction of
+    networks at q* for the same family, q* and width. A dagger marks a cell with a diverged run;
+    cells with no finished run are hatched. Sweeps over sparsity only (None otherwise)."""
+    if tr.threshold != "sparsity":
+        return None
+    init = tables.init
+    sparsities = np.array(tr.coords("sparsity"), float)
+    clips = np.array(tr.coords("clip"), float)
+    facets = [{"family": f, **s} for f in tr.coords("family") for s in _settings(tr)]
+    fig, axes = plt.subplots(
+        len(facets),
+        2 if init else 1,
+        figsize=(WIDTH_IN if init else WIDTH_IN * 0.6, 2.6 * len(facets) + 1.2),
+        squeeze=False,
+        layout="constrained",
+    )
+    done_any = tr.done.any("run_seed")
+    meshes = {}
+    for row, facet in zip(axes, facets, strict=True):
+        family, q_star = facet["family"], facet["q_star"]
+        grid = table_grid(tables.accuracy, "test_acc", sparsities, clips, **facet)
+        diverged = table_grid(tables.accuracy, "n_diverged", sparsities, clips, **facet)
+        notes = np.where(diverged > 0, "†", "")
+        done = done_any.sel(facet).transpose("sparsity", "clip").values
+        meshes["acc"] = _heat_panel(
+            row[0], grid, done, sparsities, clips, family, q_star, "mako", notes
+        )
+        setting = {k: v for k, v in facet.items() if k != "family"}
+        row[0].set_title(f"{family}, {_setting_label(setting)}", fontsize="small")
+        row[0].set_ylabel("target sparsity s")
+        if init is not None:
+            meshes["mc"] = _mc_panel(
+                row[1], init, tables.init_tables.stability, family, q_star, facet
+            )
+    for ax in axes[-1]:
+        ax.set_xlabel("clip level m")
+    fig.colorbar(meshes["acc"], ax=axes[:, 0], label="final test accuracy, mean over seeds")
+    if meshes.get("mc") is not None:
+        fig.colorbar(
+            meshes["mc"],
+            ax=axes[:, 1],
+            label=f"MC fraction of networks at q* to depth {init.depth}",
+        )
+    drawn = dict(  # the window's edges or outlines, once each
+        (label, handle)
+        for ax in axes.flat
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)
+    )
+    handles = [
+        *drawn.values(),
+        Line2D([], [], ls="none", marker="$†$", color="black", label="a run diverged"),
+        Patch(fill=False, hatch="///", color="0.6", label="not run"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small")
+    title = "Final test accuracy over (sparsity, clip)"
+    if init is not None:
+        title += " beside the Monte Carlo's fraction of networks staying at q*"
+    _suptitle(fig, tr, title, fontsize="medium")
+    return _save(fig, out, "training_phase")
+
+
+def _mc_panel(ax, init: Results, stability, family: str, q_star: float, facet: dict):
+    """The Monte Carlo phase panel of ``init`` at (family, q*, width); a note where it has none."""
+    width = facet["width"]
+    have = "sparsity" in init.ds.dims and all(
+        value in _coords(init, dim)
+        for dim, value in (("family", family), ("q_star", q_star), ("width", width))
+    )
+    if not have:
+        ax.text(
+            0.5,
+            0.5,
+            f"no Monte Carlo cell of {family}\nat q* = {q_star:g}, N = {width}\nin the init store",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+        ax.set_axis_off()
+        return None
+    sparsities = np.array(_coords(init, "sparsity"), float)
+    clips = np.array(_coords(init, "clip"), float)
+    grid = phase_grid(stability, init, family, q_star, width)
+    done = init.done.sel(family=family, q_star=q_star, width=width)
+    mesh = _heat_panel(
+        ax,
+        grid,
+        done.transpose("sparsity", "clip").values,
+        sparsities,
+        clips,
+        family,
+        q_star,
+        "rocket",
+    )
+    ax.set_title(f"Monte Carlo: {family}, q* = {q_star:g}, N = {width}", fontsize="small")
+    return mesh
+
+
+def _diverged_marks(ax, tr: TrainingResults, key: dict, color) -> None:
+    """An x at (diverged_epoch, test accuracy there) for each finished run at ``key`` that
+    diverged."""
+    runs = tr.ds.sel(key)
+    stopped = (runs["diverged"] & tr.done.sel(key)).values
+    epochs = runs["diverged_epoch"].values[stopped]
+    acc = runs["test_acc"].values[stopped, epochs] if stopped.any() else []
+    ax.plot(epochs, acc, "x", color=color, ms=7, mew=1.8)
+
+
+def _training_grid(tr: TrainingResults, panels: int, title: str):
+    """Figure with one row per threshold value and ``panels`` columns per family."""
+    rows, families = tr.coords(tr.threshold), tr.coords("family")
+    fig, axes = plt.subplots(
+        len(rows),
+        panels * len(families),
+        figsize=(WIDTH_IN * 1.3, 2.4 * len(rows) + 1.2),
+        squeeze=False,
+        layout="constrained",
+    )
+    _suptitle(fig, tr, title, fontsize="medium")
+    return fig, axes, rows, families
+
+
+def fig_training_curves(tr: TrainingResults, out: Path, tables: TrainingTables) -> list[Path]:
+    """Test accuracy (mean over seeds, band min-max; train accuracy dotted) and test loss against
+    epoch, one figure per (q*, width, depth, lr): a row per threshold, two panels per family, a
+    line per clip level; an x where a run diverged."""
+    written = []
+    colors = _clip_colors(tr.coords("clip"))
+    epochs = tr.ds["epoch"].values
+    seeds = tr.ds.sizes["run_seed"]
+    for setting in _settings(tr):
+        fig, axes, rows, families = _training_grid(
+            tr,
+            2,
+            f"Training curves, {_setting_label(setting)}; mean over {seeds} seed(s)",
+        )
+        for i, t in enumerate(rows):
+            for k, family in enumerate(families):
+                ax_acc, ax_loss = axes[i, 2 * k], axes[i, 2 * k + 1]
+                for m, color in colors.items():
+                    key = {**setting, "family": family, tr.threshold: t, "clip": m}
+                    if not tr.done.sel(key).any():
+                        continue
+                    c = tables.curves.sel(key)
+                    ax_acc.plot(epochs, c["test_acc"], color=color, lw=1.5)
+                    ax_acc.fill_between(
+                        epochs, c["test_acc_min"], c["test_acc_max"], color=color, alpha=0.15, lw=0
+                    )
+                    ax_acc.plot(epochs, c["train_acc"], color=color, lw=1, ls=":")
+                    _diverged_marks(ax_acc, tr, key, color)
+                    ax_loss.plot(epochs, c["test_loss"], color=color, lw=1.5)
+                name = f"{family}, {tr.threshold} = {t:g}"
+                ax_acc.set_title(f"{name}: accuracy", fontsize="small")
+                ax_loss.set_title(f"{name}: loss", fontsize="small")
+                ax_acc.set_ylim(0, 1)
+                ax_loss.set_yscale("log")
+                ax_loss.yaxis.set_major_formatter(LogFormatter())  # plain numbers, not 2x10^0
+                ax_loss.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1, 0.4)))
+            axes[i, 0].set_ylabel("accuracy (fraction correct)")
+            axes[i, 1].set_ylabel("test loss (nats)")
+        for ax in axes[-1]:
+            ax.set_xlabel("epoch")
+        for ax in axes.flat:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        handles = [Line2D([], [], color=c, lw=1.5, label=_clip_label(m)) for m, c in colors.items()]
+        handles += [
+            Line2D([], [], color="grey", lw=1.5, label="test (band: min-max over seeds)"),
+            Line2D([], [], color="grey", lw=1, ls=":", label="train"),
+            Line2D([], [], color="grey", ls="none", marker="x", mew=1.8, label="run diverged"),
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small")
+        written += _save(fig, out, "training_curves" + _setting_suffix(tr, setting))
+    return written
+
+
+def fig_training_sparsity(tr: TrainingResults, out: Path, tables: TrainingTables) -> list[Path]:
+    """Hidden sparsity on the test probe against its target, one figure per (q*, width, depth,
+    lr): per family, the mean over layers against epoch (band: smallest to largest layer) and the
+    profile over layers at initialisation (dotted) and after the last epoch (solid); a line per
+    clip level, runs that diverged left out."""
+    written = []
+    colors = _clip_colors(tr.coords("clip"))
+    epochs = tr.ds["epoch"].values
+    for setting in _settings(tr):
+        fig, axes, rows, families = _training_grid(
+            tr,
+            2,
+            f"Hidden sparsity through training against the target (dashed), test probe, "
+            f"{_setting_label(setting)}",
+        )
+        layers = np.arange(1, setting["depth"] + 1)
+        for i, t in enumerate(rows):
+            for k, family in enumerate(families):
+                ax_epoch, ax_layer = axes[i, 2 * k], axes[i, 2 * k + 1]
+                for m, color in colors.items():
+                    key = {**setting, "family": family, tr.threshold: t, "clip": m}
+                    c = tables.curves.sel(key)
+                    if not np.isfinite(c["sparsity_mean"]).any():
+                        continue
+                    ax_epoch.plot(epochs, c["sparsity_mean"], color=color, lw=1.5)
+                    ax_epoch.fill_between(
+                        epochs, c["sparsity_min"], c["sparsity_max"], color=color, alpha=0.15, lw=0
+                    )
+                    profile = c["profile"].sel(layer=layers)
+                    ax_layer.plot(layers, profile.isel(epoch=0), color=color, lw=1, ls=":")
+                    ax_layer.plot(layers, profile.isel(epoch=-1), color=color, lw=1.5)
+                    target = float(tr.ds["gp_sparsity"].sel({d: key[d] for d in tr.param_dims}))
+                    for ax in (ax_epoch, ax_layer):
+                        ax.axhline(target, color=color, ls="--", lw=0.8)
+                name = f"{family}, {tr.threshold} = {t:g}"
+                ax_epoch.set_title(f"{name}: mean over layers", fontsize="small")
+                ax_layer.set_title(f"{name}: per layer", fontsize="small")
+                ax_epoch.set_xlabel("epoch")
+                ax_layer.set_xlabel("hidden layer l")
+                for ax in (ax_epoch, ax_layer):
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes[i, 0].set_ylabel("fraction of zeros")
+        handles = [Line2D([], [], color=c, lw=1.5, label=_clip_label(m)) for m, c in colors.items()]
+        handles += [
+            Line2D([], [], color="grey", ls="--", lw=0.8, label="target (GP sparsity at q*)"),
+            Patch(color="grey", alpha=0.3, label="smallest to largest layer"),
+            Line2D([], [], color="grey", lw=1, ls=":", label="at initialisation"),
+            Line2D([], [], color="grey", lw=1.5, label="after the last epoch"),
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small")
+        written += _save(fig, out, "training_sparsity" + _setting_suffix(tr, setting))
+    return written
+
+
+LINK_AXES = {
+    "v_slope": "V'(q*) (slope of V at q*)",
+    "mc_frac_escaped": "MC fraction escaped by layer L",
+    "mc_frac_stay": "MC fraction at q* to depth {depth}",
+}
+"""The link figure's panels: column of the link table -> x-axis label (``depth``: the init
+store's)."""
+
+
+def fig_training_link(tr: TrainingResults, out: Path, tables: TrainingTables) -> list[Path] | None:
+    """Final test accuracy (mean ± sd over seeds) of every configuration against each
+    initialisation statistic of the link table that it has (V'(q*); with an init store the Monte
+    Carlo escape fraction within depth L and fraction at q*); colour: where the clip level lies
+    against the theory window; marker: family. Each panel's title gives Spearman's rho over all
+    configurations."""
+    link = tables.link
+    if link.empty:
+        return None
+    panels = [c for c in LINK_AXES if c in link and np.isfinite(link[c]).any()]
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(WIDTH_IN * len(panels) / 2.4 + 1.2, 4.2),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
+    markers = dict(zip(tr.coords("family"), itertools.cycle(FAMILY_MARKERS)))
+    rho = pooled(tables.correlations)
+    for ax, column in zip(axes[0], panels, strict=True):
+        for (window, family), group in link.groupby(["window", "family"], sort=False):
+            ax.errorbar(
+                group[column],
+                group["test_acc"],
+                yerr=group["test_acc_sd"],
+                fmt=markers[family],
+                color=WINDOW_COLORS[window],
+                ms=6,
+                capsize=2,
+                alpha=0.85,
+            )
+        row = rho[rho["predictor"] == PREDICTORS[column]]
+        stat = (
+            f"Spearman rho = {row['rho'].iloc[0]:.2f} (p = {row['p_value'].iloc[0]:.2g}, "
+            f"n = {row['n'].iloc[0]})"
+            if len(row) and np.isfinite(row["rho"].iloc[0])
+            else "Spearman rho undefined"
+        )
+        ax.set_title(stat, fontsize="small")
+        ax.set_xlabel(LINK_AXES[column].format(depth=getattr(tables.init, "depth", "")))
+    axes[0, 0].set_ylabel("final test accuracy (mean ± sd over seeds)")
+    handles = [
+        Line2D([], [], color=WINDOW_COLORS[w], marker="o", ls="none", label=WINDOW_LABELS[w])
+        for w in WINDOW_COLORS
+        if (link["window"] == w).any()
+    ] + [
+        Line2D([], [], color="grey", marker=mk, ls="none", label=family)
+        for family, mk in markers.items()
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small")
+    _suptitle(
+        fig,
+        tr,
+        "Initialisation statistics against final test accuracy, one point per configuration",
+        fontsize="medium",
+    )
+    return _save(fig, out, "training_link")
+
+
+def _draw_training(tr: TrainingResults, out: Path, tables: TrainingTables) -> list[Path]:
+    written = fig_training_phase(tr, out, tables) or []
+    written += fig_training_curves(tr, out, tables)
+    written += fig_training_sparsity(tr, out, tables)
+    written += fig_training_link(tr, out, tables) or []
+    return written
+
+
 # -- all of them ----------------------------------------------------------------------------------
 
 
-def make_figures(results: Results, out: Path, tables: Tables | None = None) -> list[Path]:
+def make_figures(
+    results: Results | TrainingResults, out: Path, tables: Tables | TrainingTables | None = None
+) -> list[Path]:
     """Draw every figure the store supports into ``out``; returns the files written. ``tables``:
-    the store's tables when already computed (the report passes its own)."""
+    the store's tables when already computed (the report passes its own; for a training store,
+    with the init store of the link)."""
     _style()
+    if isinstance(results, TrainingResults):
+        tables = TrainingTables(results) if tables is None else tables
+        with np.errstate(invalid="ignore"):
+            return _draw_training(results, out, tables)
     tables = Tables(results) if tables is None else tables
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # chi_1 = 0, far tails
         return _draw_all(results, out, tables)
@@ -749,10 +1177,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="output folder (default: figures/ next to the store)"
     )
+    parser.add_argument(
+        "--init", help="training store only: the Monte Carlo store of the same activations"
+    )
     args = parser.parse_args(argv)
     out = writable_dir(args.out or default_out(args.results))
-    results = open_results(args.results)
-    written = make_figures(results, out)
+    results, tables = open_stores(args.results, args.init)
+    written = make_figures(results, out, tables)
     for path in written:
         print(path)
     return 0

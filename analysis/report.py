@@ -1,4 +1,5 @@
-"""``python -m analysis.report RESULTS [--out FILE.md]``: a markdown report of a results store.
+"""``python -m analysis.report RESULTS [--out FILE.md] [--init INIT_STORE]``: a markdown report of
+a results store.
 
 Default output: ``report.md`` next to the store, with the figures (drawn by
 :mod:`analysis.figures`) in a ``figures/`` folder beside it, embedded by relative path. The report
@@ -7,6 +8,13 @@ fixed-point jumps, phase tables), each under the command that prints it, and ope
 of what they show. The report of a partial store (an interrupted sweep) opens with how many cells
 are done, which are missing and the commands that finish the sweep. The outputs are checked before
 any work, and every table is computed once (:class:`analysis.tables.Tables`).
+
+A training store (``python -m simulate.grid --experiment train``) gets a report with a "Training"
+section instead: the dataset, its subset sizes, epochs, learning rates, optimizer and schedule
+(from the store's attributes), the diverged runs, a summary of what the tables show, the figures,
+and the tables of :mod:`analysis.training` (accuracy, clipped against unclipped, hidden sparsity,
+the link to the initialisation theory and its rank correlations). ``--init`` names the Monte Carlo
+store of the same activations, for the phase diagram beside the accuracy one and the link.
 """
 
 from __future__ import annotations
@@ -19,12 +27,21 @@ import numpy as np
 import pandas as pd
 
 from ._cli import Parser, run_cli, writable_dir, writable_file
-from ._store import Results, open_results
+from ._store import Results
 from ._table import markdown_table
 from .figures import make_figures
 from .fit import ALPHA, EPS_SMALL
 from .instability import SPARSITY_TOL, STAY_LEVEL, theory_window
 from .tables import Tables
+from .training import (
+    TABLES as TRAINING_TABLE_VIEWS,
+)
+from .training import (
+    TrainingResults,
+    TrainingTables,
+    open_stores,
+    pooled,
+)
 
 TABLES = {
     "fit": (
@@ -160,7 +177,7 @@ def _window_summary(window: pd.DataFrame) -> list[str]:
     ]
 
 
-def _wall_time(results: Results) -> str:
+def _wall_time(results: Results | TrainingResults) -> str:
     """The simulation wall time as recorded: runs add theirs when they finish, so an interrupted
     run adds nothing."""
     seconds = float(results.ds.attrs.get("wall_time_s", math.nan))
@@ -178,25 +195,37 @@ MAX_LISTED = 20
 """Missing parameter points listed one by one in a partial store's report; the rest are counted."""
 
 
-def _missing_lines(results: Results) -> list[str]:
-    """The missing cells, one line per parameter point with its missing widths."""
+def _show(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _missing_lines(results: Results | TrainingResults) -> list[str]:
+    """The missing cells, one line per parameter point with its missing widths (a training store:
+    its missing (width, depth, lr, run_seed))."""
     by_point: dict[tuple, list] = {}
     for key in results.missing():
         point = tuple((d, key[d]) for d in results.param_dims)
-        by_point.setdefault(point, []).append(key["width"])
-    lines = [
-        "- "
-        + " ".join(f"{d}={v:g}" if isinstance(v, float) else f"{d}={v}" for d, v in point)
-        + ": width "
-        + ", ".join(str(w) for w in widths)
-        for point, widths in list(by_point.items())[:MAX_LISTED]
-    ]
+        rest = {d: v for d, v in key.items() if d not in results.param_dims}
+        by_point.setdefault(point, []).append(rest)
+    lines = []
+    for point, rests in list(by_point.items())[:MAX_LISTED]:
+        names = list(rests[0])
+        runs = (
+            _show(*r.values()) if len(r) == 1 else "(" + ", ".join(map(_show, r.values())) + ")"
+            for r in rests
+        )
+        lines.append(
+            "- "
+            + " ".join(f"{d}={_show(v)}" for d, v in point)
+            + f": {', '.join(names)} "
+            + ", ".join(runs)
+        )
     if len(by_point) > MAX_LISTED:
         lines.append(f"- ... and {len(by_point) - MAX_LISTED} more parameter points")
     return lines
 
 
-def _partial_note(results: Results, store: str) -> list[str]:
+def _partial_note(results: Results | TrainingResults, store: str) -> list[str]:
     """For an unfinished sweep: how much is done, what is missing, how to finish it."""
     if not results.partial:
         return []
@@ -280,6 +309,216 @@ def build_report(results: Results, store: str, out: Path, tables: Tables | None 
     return "\n".join(lines)
 
 
+TRAINING_TABLES = {
+    "accuracy": "Final accuracy per configuration (mean ± sd over seeds)",
+    "pairs": "Clipped against unclipped at equal sparsity",
+    "sparsity": "Hidden sparsity through training against the target",
+    "link": "Initialisation against training, configuration by configuration",
+    "correlations": "Rank correlations of the initialisation statistics with accuracy",
+}
+"""Training report tables: ``python -m analysis.training --table`` key -> heading."""
+
+SETTING = {
+    "family": "",
+    "sparsity": "s",
+    "tau": "tau",
+    "clip": "m",
+    "q_star": "q*",
+    "width": "N",
+    "depth": "L",
+    "lr": "lr",
+}
+"""How the training report names a configuration's axes."""
+
+
+def _config(row) -> str:
+    """``crelu s=0.85 m=1 q*=1 N=300 L=100 lr=0.001`` (``unclipped`` for m = inf)."""
+    parts = []
+    for dim, short in SETTING.items():
+        if dim not in row:
+            continue
+        value = row[dim]
+        if dim == "clip" and not math.isfinite(value):
+            parts.append("unclipped")
+        else:
+            parts.append(f"{short}={_show(value)}" if short else str(value))
+    return " ".join(parts)
+
+
+def _training_setup(tr: TrainingResults, tables: TrainingTables, store: str) -> list[str]:
+    """What was trained, on what and how; the diverged runs; the init store."""
+    attrs = tr.ds.attrs
+    sizes = " and ".join(
+        f"{attrs.get(f'n_{k}', attrs.get(f'{k}_size', 'all'))} {name}"
+        for k, name in (("train", "training"), ("test", "test"))
+    )
+    subsets = {"train_size", "test_size"} & set(attrs)
+    seeds = tr.coords("run_seed")
+    lines = [
+        f"- **Data:** {attrs.get('dataset', '?')}, {sizes} images"
+        + (" (the first images of the fixed splits)" if subsets else " (the fixed splits)")
+        + "; q and the hidden sparsity are measured on probe batches, the first "
+        f"{attrs.get('probe_size', '?')} images of each set.",
+        f"- **Training:** epochs {attrs.get('epochs', tr.epochs)}, optimizer "
+        f"{attrs.get('optimizer', '?')}, learning rate {', '.join(map(_show, tr.coords('lr')))} "
+        f"({attrs.get('schedule', '?')} schedule, {_show(attrs.get('warmup', '?'))} epochs of "
+        f"warm-up), batch size {attrs.get('batch_size', '?')}, output gain "
+        f"{_show(attrs.get('output_gain', '?'))}; every network initialised at the Edge of Chaos "
+        "of its q* (simulate.train.init.initialise).",
+        f"- **Grid:** {len(tables.accuracy)} configurations with a finished run, "
+        f"{len(seeds)} seed(s) each ({', '.join(map(str, seeds))}); widths "
+        f"{', '.join(map(str, tr.coords('width')))}, depths "
+        f"{', '.join(map(str, tr.coords('depth')))} hidden layers; {tr.n_done} of {tr.n_cells} "
+        f"runs done; git commit {attrs.get('git_commit', '?')}, {_wall_time(tr)}.",
+    ]
+    diverged = tables.diverged
+    if diverged.empty:
+        lines.append(f"- **Diverged runs:** none of the {tr.n_done}.")
+    else:
+        listed = "; ".join(
+            f"{_config(r)} seed {r['run_seed']} at epoch {r['diverged_epoch']}"
+            for _, r in diverged.head(MAX_LISTED).iterrows()
+        )
+        more = f"; and {len(diverged) - MAX_LISTED} more" if len(diverged) > MAX_LISTED else ""
+        lines.append(
+            f"- **Diverged runs:** {len(diverged)} of {tr.n_done} (a loss was NaN or inf; the run "
+            f"stopped and counts with the accuracy measured then): {listed}{more}."
+        )
+    init = tables.init
+    if init is None:
+        lines.append(
+            "- **Monte Carlo:** no init store given (`--init`): the phase diagram shows the "
+            "theory window only, and the link uses V'(q*) alone."
+        )
+    else:
+        matched = int(np.isfinite(tables.link["mc_frac_stay"]).sum())
+        lines.append(
+            f"- **Monte Carlo:** init store `{init.path}` (depth {init.depth}, "
+            f"{init.ds.sizes['net']} networks per cell); it has a cell of the same activation "
+            f"and width for {matched} of the {len(tables.link)} configurations."
+        )
+    return lines
+
+
+WHERE = {
+    "inside": "inside the theory window",
+    "below": "below the theory window",
+    "above": "above the theory window",
+    "none": "a user shape, no window",
+}
+"""A clipped configuration's place against the theory window, in words."""
+
+
+def _pairs_summary(pairs: pd.DataFrame) -> list[str]:
+    lines = []
+    for window, group in pairs.groupby("window", sort=False):
+        diff, se = group["diff"].to_numpy(float), group["diff_se"].to_numpy(float)
+        known = np.isfinite(se)
+        better, worse = int((diff > 2 * se).sum()), int((diff < -2 * se).sum())
+        lines.append(
+            f"- **Clipped ({WHERE[window]}) against unclipped** at equal family, "
+            f"sparsity, q*, width, depth and lr: the clipped one has the higher mean final test "
+            f"accuracy in {int((diff > 0).sum())} of {len(group)} pairs; of the {int(known.sum())} "
+            f"with a standard error (two seeds or more), higher by more than 2 in {better} and "
+            f"lower by more than 2 in {worse}; median difference {np.nanmedian(diff):+.3f}."
+        )
+    return lines
+
+
+def _training_summary(tables: TrainingTables) -> list[str]:
+    accuracy = tables.accuracy
+    if accuracy.empty:
+        return []
+    best = accuracy.loc[accuracy["test_acc"].idxmax()]
+    worst = accuracy.loc[accuracy["test_acc"].idxmin()]
+    lines = [
+        f"- **Final test accuracy:** highest {best['test_acc']:.3f} ({_config(best)}), lowest "
+        f"{worst['test_acc']:.3f} ({_config(worst)}), means over seeds."
+    ]
+    lines += _pairs_summary(tables.pairs)
+    every = tables.correlations["width"].nunique() > 1
+    for _, row in pooled(tables.correlations).iterrows():
+        lines.append(
+            f"- **{row['predictor']} against final test accuracy** (Spearman, "
+            f"{row['n']} configurations{', every setting together' if every else ''}): "
+            + (
+                f"rho = {row['rho']:.2f}, p = {row['p_value']:.2g}."
+                if np.isfinite(row["rho"])
+                else "undefined (fewer than 3 values, or all equal)."
+            )
+        )
+    sparsity = tables.sparsity
+    if len(sparsity):
+        gap = (sparsity["final_test"] - sparsity["target"]).abs()
+        far = sparsity.loc[gap.idxmax()]
+        spread = sparsity["layer_max"] - sparsity["layer_min"]
+        lines.append(
+            f"- **Hidden sparsity:** {int(sparsity['stays'].sum())} of {len(sparsity)} "
+            f"configurations end within {SPARSITY_TOL} of their target (mean over layers, test "
+            f"probe, runs that did not diverge); the farthest is {_config(far)}: "
+            f"{far['final_test']:.3f} against {far['target']:.3g}. Spread over layers at the end "
+            f"(largest minus smallest layer): median {spread.median():.3f}, largest "
+            f"{spread.max():.3f}."
+        )
+    return lines
+
+
+def _training_section(key: str, table: pd.DataFrame, store: str, init: str | None) -> str:
+    command = f"python -m analysis.training {store} --table {key}" + (
+        f" --init {init}" if init else ""
+    )
+    body = markdown_table(table) if not table.empty else "_(nothing in this store)_"
+    return f"#### {TRAINING_TABLES[key]}\n\n    {command}\n\n{body}\n"
+
+
+def build_training_report(
+    tr: TrainingResults, store: str, out: Path, tables: TrainingTables | None = None
+) -> str:
+    """The markdown report of a training store (the tables of :mod:`analysis.training`, with the
+    init store of ``tables``); draws its figures into ``figures/`` next to ``out``."""
+    tables = TrainingTables(tr) if tables is None else tables
+    init = None if tables.init is None else str(tables.init.path)
+    sections = [
+        _training_section(key, TRAINING_TABLE_VIEWS[key](tables), store, init)
+        for key in TRAINING_TABLES
+    ]
+    summary = _training_summary(tables)
+    figures = make_figures(tr, out.parent / "figures", tables)
+    pngs = [p for p in figures if p.suffix == ".png"]
+    lines = [
+        f"# Training deep sparse networks initialised at the Edge of Chaos: `{store}`",
+        "",
+        *_partial_note(tr, store),
+        "## Training",
+        "",
+        *_training_setup(tr, tables, store),
+        "",
+        "Reproduce: the sweep from the spec below, then (this draws the figures too)",
+        "",
+        f"    python -m analysis.report {store}" + (f" --init {init}" if init else ""),
+        "",
+        "### Summary",
+        "",
+        *(summary or ["_(no finished run to summarise)_"]),
+        "",
+        "Definitions (final epoch, diverged runs, theory window, hidden sparsity, the link): the "
+        "docstring of `analysis.training`.",
+        "",
+        "### Figures",
+        "",
+        f"    python -m analysis.figures {store}" + (f" --init {init}" if init else ""),
+        "",
+        *[f"![{p.stem}]({Path(os.path.relpath(p, out.parent)).as_posix()})\n" for p in pngs],
+        "### Tables",
+        "",
+        *sections,
+    ]
+    spec = tr.ds.attrs.get("spec", "")
+    if spec:
+        lines += ["## The sweep's spec", "", "```toml", spec.strip(), "```", ""]
+    return "\n".join(lines)
+
+
 def default_out(store: Path) -> Path:
     """``report.md`` next to the store."""
     return Path(store).resolve().parent / "report.md"
@@ -293,11 +532,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="report file (default: report.md next to the store)"
     )
+    parser.add_argument(
+        "--init", help="training store only: the Monte Carlo store of the same activations"
+    )
     args = parser.parse_args(argv)
     out = writable_file(args.out or default_out(args.results))
     writable_dir(out.parent / "figures")
-    results = open_results(args.results)
-    text = build_report(results, args.results, out)
+    results, tables = open_stores(args.results, args.init)
+    if tables is None:
+        text = build_report(results, args.results, out)
+    else:
+        text = build_training_report(results, args.results, out, tables)
     out.write_text(text)
     print(out)
     return 0

@@ -6,10 +6,19 @@
         -> batches of unfinished cells -> joblib (loky, threading, or dask.distributed)
         -> each finished cell written, then marked done
 
+Two experiments share this machinery: ``init`` (the default), a Monte Carlo of random networks per
+cell (:func:`simulate_cell`), and ``train``, one training run per cell (:func:`train_cell`, with
+:func:`simulate.train.run.train_network`). A training sweep first loads its dataset in the main
+process (a missing or bad one is a spec error), and records the images' checksum in the store;
+each worker process loads it once, and caps XLA at one thread (:func:`simulate.train.
+limit_cpu_threads`) so that n workers use n cores. The main process caps it too, before anything can
+import JAX, so a run in-process (``--n-jobs 1``, threads) computes what the workers compute.
+
 Determinism: the cell at flat position i of the full grid (C order over ``Spec.cell_dims``) draws its
 random numbers from ``SeedSequence(seed).spawn(n_cells)[i]``, built directly as
-``SeedSequence(seed, spawn_key=(i,))`` (the same object). A cell's values therefore depend on the spec
-alone, never on n_jobs, backend, batching, order or how many times the sweep was resumed.
+``SeedSequence(seed, spawn_key=(i,))`` (the same object); a training run's stream is a grandchild
+(:func:`cell_seed`). A cell's values therefore depend on the spec alone, never on n_jobs, backend,
+batching, order or how many times the sweep was resumed.
 
 A store whose root metadata cannot be read (so its spec is lost) is refused, unless ``--repair``:
 then its metadata is rebuilt from the given spec and its chunk files kept, and it is inspected as above.
@@ -21,6 +30,8 @@ Exit status: 0 done (or nothing left to do), 2 bad spec (one line on stderr, not
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -30,7 +41,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, closing, contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import joblib
@@ -40,7 +51,21 @@ import xarray as xr
 from tqdm import tqdm
 
 from simulate import engines, schema, store
-from simulate.spec import Params, Run, Spec, SpecError, SweepCell, cells, parse, resolve
+from simulate.spec import (
+    TRAIN_EXTRA,
+    Params,
+    Run,
+    Spec,
+    SpecError,
+    SweepCell,
+    TrainSpec,
+    cells,
+    parse,
+    resolve,
+)
+from simulate.train import limit_cpu_threads
+from simulate.train.data import FASHION_DIR, Dataset, MissingDataError, load_dataset
+from simulate.train.run import train_network
 
 TASK_COST = 5e7
 """Work a parallel task aims for, in the engines' cost unit (ns on one core): small cells are
@@ -54,12 +79,15 @@ N_INPUTS = 2
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep given by ``argv`` (see ``python -m simulate.grid --help``); the exit status."""
     started = time.perf_counter()
+    _cap_xla_threads()
     try:
         spec, run = parse(argv)
-        mode, found = _existing(spec, run)
+        images = _images(spec, run)
+        mode, found = _existing(spec, run, images)
         done = found.intact if found is not None else np.zeros(spec.cell_shape, dtype=bool)
         n_todo = int(done.size - np.count_nonzero(done))
-        _check_resources(spec, run, n_todo, mode != "resume")  # before resolve: a huge grid fails
+        # before resolve: a huge grid fails
+        _check_resources(spec, run, n_todo, mode != "resume", images)
         params = resolve(spec)
         _check_engine(spec, params)
         if mode == "resume" and not n_todo and not found.damaged:
@@ -68,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         with _parallel(run) as n_workers:
             need = mode != "resume" or found.arrays  # the theory takes a while: only if needed
-            skeleton = _skeleton(spec, params) if need else None
+            skeleton = _skeleton(spec, params, images) if need else None
             if mode == "create":
                 store.create(run.out, skeleton, spec)
             elif mode == "rebuild":
@@ -79,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 store.Writer(run.out).repair(found, skeleton)
             done = store.Writer(run.out).done()
             n_todo = int(done.size - np.count_nonzero(done))
-            _execute(spec, run, params, done, n_workers)
+            _execute(spec, run, params, done, n_workers, images)
     except SpecError as err:
         print(f"simulate.grid: {err}", file=sys.stderr)
         return 2
@@ -95,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _existing(spec: Spec, run: Run) -> tuple[str, store.Inspection | None]:
+def _existing(
+    spec: Spec | TrainSpec, run: Run, images: Images | None
+) -> tuple[str, store.Inspection | None]:
     """What to do at ``run.out``: ("create", None) for a new store; ("resume", what
-    ``Writer.inspect`` found) when it holds this sweep; ("rebuild", None) when it is a sweep store
-    whose metadata cannot be read and ``--repair`` was given. SpecError if it holds something else
-    (without ``--overwrite``), is not a sweep store, or is damaged (without ``--repair``)."""
+    ``Writer.inspect`` found) when it holds this sweep (a training sweep: on the same images);
+    ("rebuild", None) when it is a sweep store whose metadata cannot be read and ``--repair`` was
+    given. SpecError if it holds something else (without ``--overwrite``), is not a sweep store, or
+    is damaged (without ``--repair``)."""
     if not run.out.exists():
         return "create", None
     try:
@@ -120,30 +151,52 @@ def _existing(spec: Spec, run: Run) -> tuple[str, store.Inspection | None]:
         return "create", None
     old = Spec.from_toml(text)
     if old != spec:
-        changed = [f.name for f in fields(Spec) if getattr(old, f.name) != getattr(spec, f.name)]
+        changed = (
+            [f.name for f in fields(spec) if getattr(old, f.name) != getattr(spec, f.name)]
+            if type(old) is type(spec)
+            else ["experiment"]
+        )
         raise SpecError(
             f"out={run.out}: holds a different sweep (differs in {', '.join(changed)}); "
             "give --overwrite to replace it, or another --out"
         )
-    return "resume", store.Writer(run.out).inspect(schema.array_names(spec))
+    writer = store.Writer(run.out)
+    stored = writer.attrs.get("data_sha256")
+    if images is not None and stored != images.sha256:
+        raise SpecError(
+            f"{_where(spec, run)}: other images than the store was trained on "
+            f"(sha256 {images.sha256[:12]}..., the store's {str(stored)[:12]}...); give the "
+            "same data, or --overwrite"
+        )
+    return "resume", writer.inspect(schema.array_names(spec))
 
 
-def _execute(spec: Spec, run: Run, params: Params, done: np.ndarray, n_workers: int) -> None:
+def _execute(
+    spec: Spec | TrainSpec,
+    run: Run,
+    params: Params,
+    done: np.ndarray,
+    n_workers: int,
+    images: Images | None,
+) -> None:
     """Run the cells not ``done`` in parallel tasks, writing each cell to the store as it arrives.
 
     Cells, batches and tasks are generated lazily (joblib pre-dispatches two tasks per worker), so
     memory holds a few tasks' cells whatever the size of the grid."""
     writer = store.Writer(run.out)
     n_todo = int(done.size - np.count_nonzero(done))
+    if spec.experiment == "train":
+        work = f"{spec.epochs} epochs of {spec.dataset} ({images.n_train} images), {spec.optimizer}"
+    else:
+        work = f"{spec.nets} nets, depth {spec.depth}, {spec.engine}"
     _log(
         f"{n_todo} of {done.size} cells to run ({' x '.join(map(str, spec.cell_shape))} over "
-        f"{', '.join(spec.cell_dims)}; {spec.nets} nets, depth {spec.depth}, {spec.engine}) "
-        f"on {n_workers} {run.backend} workers -> {run.out}"
+        f"{', '.join(spec.cell_dims)}; {work}) on {n_workers} {run.backend} workers -> {run.out}"
     )
     todo = (cell for cell in cells(spec, params) if not done[cell.index])
-    target = min(TASK_COST, _todo_cost(spec, done) / (4 * n_workers))
-    batches = _batches(spec, todo, target, run.max_batch)
-    tasks = (joblib.delayed(run_batch)(spec, batch) for batch in batches)
+    target = min(TASK_COST, _todo_cost(spec, done, images) / (4 * n_workers))
+    batches = _batches(spec, todo, target, run.max_batch, images)
+    tasks = (joblib.delayed(run_batch)(spec, batch, run.data) for batch in batches)
     parallel = joblib.Parallel(n_jobs=run.n_jobs, return_as="generator_unordered", batch_size=1)
     with (
         _Progress(n_todo) as progress,
@@ -191,8 +244,17 @@ class _Progress:
 # The work
 
 
-def cell_seed(spec: Spec, cell: SweepCell) -> np.random.SeedSequence:
-    """The random stream of ``cell``: child ``cell.flat`` of ``SeedSequence(spec.seed)``."""
+def cell_seed(spec: Spec | TrainSpec, cell: SweepCell) -> np.random.SeedSequence:
+    """The random stream of ``cell``.
+
+    Monte Carlo: child ``cell.flat`` of ``SeedSequence(spec.seed)``. Training: child ``run_seed``
+    (the seed's value) of child p of ``SeedSequence(spec.seed)``, p the cell's flat position in the
+    grid without the run_seed axis (its last axis). So a run depends on its seed's value, not on
+    which other seeds the sweep lists: ``--run-seed 2`` alone reproduces that run of
+    ``--run-seed 0,1,2`` (with the other axes the same)."""
+    if spec.experiment == "train":
+        position = cell.flat // len(spec.run_seed)
+        return np.random.SeedSequence(spec.seed, spawn_key=(position, cell.run_seed))
     return np.random.SeedSequence(spec.seed, spawn_key=(cell.flat,))
 
 
@@ -219,9 +281,122 @@ def simulate_cell(spec: Spec, cell: SweepCell) -> dict[str, np.ndarray]:
     }
 
 
-def run_batch(spec: Spec, batch: list[SweepCell]) -> list[tuple[tuple[int, ...], dict]]:
+def train_cell(
+    spec: TrainSpec, cell: SweepCell, data_dir: Path | None = None
+) -> dict[str, np.ndarray]:
+    """One training run (:func:`simulate.train.run.train_network` with the cell's activation, q*,
+    depth, width, learning rate and stream :func:`cell_seed`, and the spec's other settings) as the
+    stored arrays (``schema.TRAIN_CELL_VARIABLES``), the ``layer`` axis padded with NaN to the
+    sweep's largest depth. ``data_dir``: where the Fashion-MNIST files are (default: the system's)."""
+    _cap_xla_threads()
+    result = train_network(
+        cell.activation,
+        cell.q_star,
+        cell.depth,
+        cell.width,
+        _dataset(spec.dataset, data_dir, spec.train_size, spec.test_size),
+        epochs=spec.epochs,
+        lr=cell.lr,
+        optimizer=spec.optimizer,
+        schedule=spec.schedule,
+        warmup=spec.warmup,
+        batch_size=spec.batch_size,
+        seed=cell_seed(spec, cell),
+        output_gain=spec.output_gain,
+        probe_size=spec.probe_size,
+    )
+    out = {}
+    for name, var in schema.TRAIN_CELL_VARIABLES.items():
+        value = np.asarray(result[name])
+        if "layer" in var.dims:
+            pad = [(0, 0)] * value.ndim
+            pad[var.dims.index("layer")] = (0, max(spec.depth) - cell.depth)
+            value = np.pad(value, pad, constant_values=np.nan)
+        out[name] = value.astype(var.dtype)
+    return out
+
+
+def run_batch(
+    spec: Spec | TrainSpec, batch: list[SweepCell], data_dir: Path | None = None
+) -> list[tuple[tuple[int, ...], dict]]:
     """A parallel task: (cell index, stored arrays) of each cell of ``batch``."""
+    if spec.experiment == "train":
+        return [(cell.index, train_cell(spec, cell, data_dir)) for cell in batch]
     return [(cell.index, simulate_cell(spec, cell)) for cell in batch]
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str, data_dir: Path | None, train_size: int | None, test_size: int | None):
+    """``simulate.train.data.load_dataset``, once per process (a worker trains many cells)."""
+    return load_dataset(name, data_dir, train_size=train_size, test_size=test_size)
+
+
+@dataclass(frozen=True)
+class Images:
+    """A training sweep's dataset as the main process checks and records it: sizes, and a SHA-256
+    of the normalised images and labels (dtype, shape and bytes of x_train, y_train, x_test,
+    y_test), so that a resume on other files is refused."""
+
+    n_train: int
+    n_test: int
+    input_dim: int
+    n_classes: int
+    sha256: str
+
+    @classmethod
+    def of(cls, data: Dataset) -> Images:
+        digest = hashlib.sha256()
+        for a in (data.x_train, data.y_train, data.x_test, data.y_test):
+            digest.update(f"{a.dtype}{a.shape}".encode())
+            digest.update(np.ascontiguousarray(a).tobytes())
+        n_train, n_test = data.x_train.shape[0], data.x_test.shape[0]
+        return cls(n_train, n_test, data.input_dim, data.n_classes, digest.hexdigest())
+
+
+def _images(spec: Spec | TrainSpec, run: Run) -> Images | None:
+    """A training sweep's dataset, loaded and checked against the spec before any work (SpecError:
+    files missing or unreadable, subsets larger than the splits, batches larger than the training
+    set); None for a Monte Carlo sweep."""
+    if spec.experiment != "train":
+        return None
+    try:
+        data = _dataset(spec.dataset, run.data, spec.train_size, spec.test_size)
+    except MissingDataError as err:
+        raise SpecError(str(err)) from None
+    except (ValueError, EOFError) as err:  # a malformed or truncated file
+        raise SpecError(f"{_where(spec, run)}: {err}") from None
+    except OSError as err:
+        raise SpecError(f"{_where(spec, run)}: cannot read it ({err.strerror or err})") from None
+    except ImportError:  # scikit-learn
+        raise SpecError(TRAIN_EXTRA) from None
+    images = Images.of(data)
+    for name, asked, have, split in (
+        ("train_size", spec.train_size, images.n_train, "training"),
+        ("test_size", spec.test_size, images.n_test, "test"),
+    ):
+        if asked is not None and asked > have:
+            raise SpecError(f"{name}={asked}: must be <= {have}, the {split} images of {data.name}")
+    if spec.batch_size > images.n_train:
+        raise SpecError(
+            f"batch_size={spec.batch_size}: must be <= the number of training images "
+            f"({images.n_train})"
+        )
+    return images
+
+
+def _where(spec: TrainSpec, run: Run) -> str:
+    """Where a training sweep's images come from, as a field of the spec."""
+    if spec.dataset == "fashion-mnist":
+        return f"data={run.data or FASHION_DIR}"
+    return f"dataset={spec.dataset}"
+
+
+def _cap_xla_threads() -> None:
+    """:func:`simulate.train.limit_cpu_threads` (one XLA thread per process), unless JAX is already
+    running in this process: then it was started by the caller (a test, a notebook), with the
+    thread pool it has."""
+    if "jax" not in sys.modules:
+        limit_cpu_threads()
 
 
 def _engine(spec: Spec, width: int) -> engines.Engine:
@@ -232,19 +407,49 @@ def _engine(spec: Spec, width: int) -> engines.Engine:
     return min(engines.ENGINES.values(), key=lambda e: e.cost(width, N_INPUTS))
 
 
-def _cost(spec: Spec, width: int) -> float:
-    """Estimated time of a cell (ns): nets x layers x the engine's cost per network-layer."""
-    return spec.nets * (spec.depth + 1) * _engine(spec, width).cost(width, N_INPUTS)
+TRAIN_FLOPS_PER_NS = 1.0
+"""Training throughput the scheduler assumes (1 GFLOP/s on one core; only batching depends on it)."""
 
 
-def _todo_cost(spec: Spec, done: np.ndarray) -> float:
-    """Total cost of the cells not ``done`` (width is the last cell axis)."""
-    undone = np.count_nonzero(~done.reshape(-1, len(spec.width)), axis=0)
-    return float(sum(n * _cost(spec, w) for n, w in zip(undone, spec.width, strict=True)))
+def _weights(width: int, depth: int, images: Images) -> int:
+    """Weights of a training network: P = d N + (L - 1) N^2 + N C."""
+    return images.input_dim * width + (depth - 1) * width**2 + width * images.n_classes
 
 
-def _check_engine(spec: Spec, params: Params) -> None:
-    """SpecError unless the engine runs every activation of the sweep at every width."""
+def _cost(spec: Spec | TrainSpec, width: int, depth: int, images: Images | None) -> float:
+    """Estimated time of a cell (ns on one core).
+
+    Monte Carlo: nets x layers x the engine's cost per network-layer. Training: its floating-point
+    operations at ``TRAIN_FLOPS_PER_NS``, 2 per weight and image for a forward pass, 3 passes for a
+    step (forward, and backward for the activations and the weights):
+
+        flops = P (6 E n_steps B + 2 (E + 1)(n_train + n_test)),   n_steps = floor(n_train / B),
+
+    E epochs, the whole training and test sets evaluated at initialisation and after each epoch."""
+    if spec.experiment != "train":
+        return spec.nets * (spec.depth + 1) * _engine(spec, width).cost(width, N_INPUTS)
+    steps = images.n_train // spec.batch_size
+    passes = 6 * spec.epochs * steps * spec.batch_size
+    passes += 2 * (spec.epochs + 1) * (images.n_train + images.n_test)
+    return _weights(width, depth, images) * passes / TRAIN_FLOPS_PER_NS
+
+
+def _todo_cost(spec: Spec | TrainSpec, done: np.ndarray, images: Images | None) -> float:
+    """Total cost of the cells not ``done`` (the cost depends on the run axes only)."""
+    undone = np.count_nonzero(~done, axis=tuple(range(len(spec.param_dims))))
+    total = 0.0
+    for index in np.ndindex(undone.shape):
+        run = {dim: getattr(spec, dim)[i] for dim, i in zip(spec.run_dims, index, strict=True)}
+        depth = run.get("depth", spec.depth)
+        total += undone[index] * _cost(spec, run["width"], depth, images)
+    return total
+
+
+def _check_engine(spec: Spec | TrainSpec, params: Params) -> None:
+    """SpecError unless the engine runs every activation of the sweep at every width (Monte Carlo
+    sweeps; a training network runs any piecewise-linear activation)."""
+    if spec.experiment != "init":
+        return
     for index in np.ndindex(spec.param_shape):
         for width in spec.width:
             try:
@@ -254,7 +459,11 @@ def _check_engine(spec: Spec, params: Params) -> None:
 
 
 def _batches(
-    spec: Spec, todo: Iterable[SweepCell], target: float, max_batch: int | None
+    spec: Spec | TrainSpec,
+    todo: Iterable[SweepCell],
+    target: float,
+    max_batch: int | None,
+    images: Images | None,
 ) -> Iterator[list[SweepCell]]:
     """Consecutive cells grouped while a group costs at most ``target`` (a cell costlier than that
     alone) and holds at most ``max_batch`` cells.
@@ -264,7 +473,7 @@ def _batches(
     (but single big cells) leaves at least four tasks per worker, for load balance."""
     batch, cost = [], 0.0
     for cell in todo:
-        more = _cost(spec, cell.width)
+        more = _cost(spec, cell.width, cell.depth, images)
         if batch and (cost + more > target or len(batch) == max_batch):
             yield batch
             batch, cost = [], 0.0
@@ -274,23 +483,26 @@ def _batches(
         yield batch
 
 
-def _skeleton(spec: Spec, params: Params) -> xr.Dataset:
+def _skeleton(spec: Spec | TrainSpec, params: Params, images: Images | None) -> xr.Dataset:
     """The store before any cell: coordinates, theory and activations per parameter cell
     (``schema.param_values``), ``cell_done`` False, attributes with provenance."""
-    return schema.skeleton(spec, schema.param_values(spec, params), _provenance(spec))
+    return schema.skeleton(spec, schema.param_values(spec, params), _provenance(spec, images))
 
 
 # --------------------------------------------------------------------------------------------------
 # Resources and provenance
 
 
-def _check_resources(spec: Spec, run: Run, n_todo: int, creating: bool) -> None:
+def _check_resources(
+    spec: Spec | TrainSpec, run: Run, n_todo: int, creating: bool, images: Images | None
+) -> None:
     """SpecError unless the disk can hold the store and memory the work in flight.
 
     Disk: the uncompressed size of the new store, or of the cells left to write. Memory: the
     per-parameter table (when creating) and three tasks per worker (joblib pre-dispatches two, one is
     being written), each the engine's float64 output and its stored copy (about four times a cell's
-    stored bytes) and the engine's working memory (``Engine.workspace``) at the largest width."""
+    stored bytes) and the engine's working memory (``Engine.workspace``, or
+    :func:`_train_workspace`) at the largest width."""
     need_disk = store.nbytes(spec) if creating else store.cell_nbytes(spec) * n_todo
     root = next(p for p in (run.out.absolute(), *run.out.absolute().parents) if p.exists())
     writable = root.is_dir() and os.access(root, os.W_OK)
@@ -303,7 +515,11 @@ def _check_resources(spec: Spec, run: Run, n_todo: int, creating: bool) -> None:
             f"{_size(free)} free (shrink the grid, nets or depth, or choose another --out)"
         )
     widest = max(spec.width)
-    per_task = 4 * store.cell_nbytes(spec) + _engine(spec, widest).workspace(widest, N_INPUTS)
+    if spec.experiment == "train":
+        workspace = _train_workspace(spec, widest, max(spec.depth), images)
+    else:
+        workspace = _engine(spec, widest).workspace(widest, N_INPUTS)
+    per_task = 4 * store.cell_nbytes(spec) + workspace
     need_mem = 3 * joblib.effective_n_jobs(run.n_jobs) * per_task
     need_mem += store.param_nbytes(spec) if creating else 0
     available = _available_memory()
@@ -312,6 +528,22 @@ def _check_resources(spec: Spec, run: Run, n_todo: int, creating: bool) -> None:
             f"width={widest}: the cells in flight need about {_size(need_mem)} of memory, "
             f"{_size(available)} is available (lower --n-jobs, --nets, --depth or --width)"
         )
+
+
+JAX_PROCESS_BYTES = 500e6
+"""Memory of a process that has trained with JAX, beyond the arrays (measured: 520 MB peak for a
+tiny network on digits)."""
+
+
+def _train_workspace(spec: TrainSpec, width: int, depth: int, images: Images) -> float:
+    """Bytes of one training run, an upper estimate in float32: the weights, their gradients and
+    the optimiser's two moments (4 P); what the backward pass keeps (3 arrays of batch x width per
+    layer); a forward pass over a whole set (2 arrays of n x width at a time); the images twice
+    (numpy and JAX); and the JAX process itself (:data:`JAX_PROCESS_BYTES`)."""
+    n = max(images.n_train, images.n_test)
+    floats = 4 * _weights(width, depth, images) + 3 * spec.batch_size * depth * width
+    floats += 2 * n * width + 2 * (images.n_train + images.n_test) * images.input_dim
+    return 4 * floats + JAX_PROCESS_BYTES
 
 
 def _available_memory() -> int | None:
@@ -335,24 +567,36 @@ def _size(n: float) -> str:
     return f"{n:.3g} TB"
 
 
-def _provenance(spec: Spec) -> dict:
+def _provenance(spec: Spec | TrainSpec, images: Images | None) -> dict:
     """Dataset attributes: ``schema.attributes`` (the spec as TOML, the run constants), versions,
-    git commit, time."""
+    git commit, time; for training, the sizes of the splits and the images' checksum
+    (:class:`Images`), and the versions of JAX, optax and scikit-learn."""
     attrs = schema.attributes(spec) | {
-        "package_version": _package_version(),
+        "package_version": _version("sparse-eoc"),
         "numpy_version": np.__version__,
         "numba_version": numba.__version__,
         "xarray_version": xr.__version__,
         "wall_time_s": 0.0,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+    if images is not None:
+        attrs |= {
+            "n_train": images.n_train,
+            "n_test": images.n_test,
+            "data_sha256": images.sha256,
+            **{f"{name.replace('-', '_')}_version": _version(name) for name in TRAIN_PACKAGES},
+        }
     commit = _git_commit()
     return attrs | ({"git_commit": commit} if commit else {})
 
 
-def _package_version() -> str:
+TRAIN_PACKAGES = ("jax", "jaxlib", "optax", "scikit-learn")
+"""The packages whose versions a training store records."""
+
+
+def _version(package: str) -> str:
     try:
-        return importlib.metadata.version("sparse-eoc")
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "unknown (not installed)"
 

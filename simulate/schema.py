@@ -20,7 +20,26 @@ descriptions run along ``knot`` (as many as the largest K of the sweep).
     act_knots(P, knot), act_values(P, knot) float64   the activation's knots and values, NaN-padded
     act_left_slope(P), act_right_slope(P)   float64   its slopes left of the first, right of the last knot
 
-with q_ref = q* on the Edge of Chaos and q0 off it. The activation of a parameter cell is the
+with q_ref = q* on the Edge of Chaos and q0 off it.
+
+A training sweep (``experiment = "train"``, :class:`~simulate.spec.TrainSpec`) has the parameter
+axes ``family, sparsity | tau, clip, q_star`` (on the Edge of Chaos), then ``width, depth, lr,
+run_seed``: one training run per cell. Inside a cell: ``epoch`` (0 = at initialisation, then after
+each pass over the training set), ``probe`` ("train", "test": the first ``probe_size`` images of each
+set), ``layer`` (hidden layer 1 to the largest depth of the sweep; NaN beyond a run's own depth):
+
+    train_loss, test_loss(C, epoch)          float32   mean cross-entropy on the whole set
+    train_acc, test_acc(C, epoch)            float32   accuracy on the whole set
+    act_sparsity(C, epoch, probe, layer)     float32   fraction of exact zeros of phi(h^l)
+    q(C, epoch, probe, layer)                float32   mean square pre-activation of layer l
+    diverged(C)                              bool      a loss was NaN or inf: the run stopped
+    diverged_epoch(C)                        int32     the epoch it stopped at (-1 never, -2 not run)
+
+(C = the cell axes; epochs after ``diverged_epoch`` are NaN), and per parameter cell the same
+variables as a Monte Carlo sweep but ``q_gp`` (the network starts at q^1 = q*, where the GP iterate
+stays). ``attrs["experiment"]`` tells the two kinds of store apart.
+
+The activation of a parameter cell is the
 continuous piecewise-linear function through (act_knots, act_values) with the two outer slopes
 (:func:`activation_at` rebuilds it); ``family`` is its label (a named family, or a user shape's
 name). Cells not yet computed hold the fill values (NaN, -2 for ``escape_layer``) and
@@ -39,7 +58,8 @@ import xarray as xr
 
 from simulate import gp
 from simulate.activations import Activation
-from simulate.spec import Params, Spec, SweepCell, cells, resolve
+from simulate.spec import Params, Spec, SweepCell, TrainSpec, cells, resolve
+from simulate.train.run import PROBES
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,38 @@ CELL_VARIABLES = {
 }
 """Per cell (after the axes P, width): what the engine measures."""
 
+TRAIN_CELL_VARIABLES = {
+    "train_loss": Variable(("epoch",), "float32", "mean softmax cross-entropy on the training set"),
+    "test_loss": Variable(("epoch",), "float32", "mean softmax cross-entropy on the test set"),
+    "train_acc": Variable(("epoch",), "float32", "accuracy on the training set"),
+    "test_acc": Variable(("epoch",), "float32", "accuracy on the test set"),
+    "act_sparsity": Variable(
+        ("epoch", "probe", "layer"),
+        "float32",
+        "fraction of exact zeros of phi(h^l) on the probe batch (hidden sparsity)",
+    ),
+    "q": Variable(
+        ("epoch", "probe", "layer"),
+        "float32",
+        "mean square pre-activation mean_{b,i} (h^l_bi)^2 on the probe batch",
+    ),
+    "diverged": Variable(
+        (), "bool", "a loss was NaN or inf: the run stopped at diverged_epoch", fill=False
+    ),
+    "diverged_epoch": Variable(
+        (),
+        "int32",
+        "epoch whose loss was NaN or inf (-1: none; -2: cell not computed); later epochs are NaN",
+        fill=-2,
+    ),
+}
+"""Per cell of a training sweep (after the axes P, width, depth, lr, run_seed): one training run,
+the arrays of :func:`simulate.train.run.train_network` (the ``layer`` axis padded with NaN to the
+sweep's largest depth)."""
+
+CELL_VARIABLES_OF = {"init": CELL_VARIABLES, "train": TRAIN_CELL_VARIABLES}
+"""The cell variables of each experiment (a store's ``attrs["experiment"]``, init if absent)."""
+
 CELL_DONE = Variable(
     (), "bool", "the cell's values are written (readers select on this)", fill=False
 )
@@ -130,6 +182,9 @@ PARAM_VARIABLES = {
 AXIS_VARIABLES = ("tau", "sigma_w2", "sigma_b2")
 """Parameter variables that are not stored when they are axes of the sweep."""
 
+_NOT_IN_TRAINING = ("q_gp",)
+"""Parameter variables a training store does not have: its networks start at q^1 = q*."""
+
 COORDINATES = {
     "family": "activation family (crelu: clipped shifted ReLU; cst: clipped soft thresholding; "
     "else a user shape's name)",
@@ -147,18 +202,52 @@ COORDINATES = {
 }
 """Long names of the coordinates (all with units ``1``)."""
 
+TRAIN_COORDINATES = {
+    **{dim: COORDINATES[dim] for dim in ("family", "sparsity", "tau", "clip", "q_star", "width")},
+    "depth": "number of hidden layers L",
+    "lr": "peak learning rate",
+    "run_seed": "training seed (the run's stream: simulate.grid.cell_seed)",
+    "epoch": "epoch (0: at initialisation; e: after e passes over the training set)",
+    "probe": "probe batch: the first probe_size images of the training or the test set",
+    "layer": "hidden layer l (1: h^1 = W^1 x + b^1; values are NaN beyond a run's depth)",
+    "knot": COORDINATES["knot"],
+}
+"""Long names of the coordinates of a training store (all with units ``1``)."""
+
 INNER_DIMS = ("width", "net", "layer", "input", "knot")
 """Dimensions that are not parameter axes."""
 
-
-def param_variables(spec: Spec) -> tuple[str, ...]:
-    """The per-parameter variables of this sweep: tau / sigma_w2 / sigma_b2 unless they are axes."""
-    return tuple(v for v in PARAM_VARIABLES if v not in spec.param_dims)
+_INNER = {"init": INNER_DIMS[1:], "train": ("epoch", "probe", "layer", "knot")}
 
 
-def array_names(spec: Spec) -> tuple[str, ...]:
+def cell_variables(spec: Spec | TrainSpec) -> dict[str, Variable]:
+    """The cell variables of the sweep's experiment."""
+    return CELL_VARIABLES_OF[spec.experiment]
+
+
+def param_variables(spec: Spec | TrainSpec) -> tuple[str, ...]:
+    """The per-parameter variables of this sweep: tau / sigma_w2 / sigma_b2 unless they are axes
+    (and no ``q_gp`` in a training sweep)."""
+    dropped = (*spec.param_dims, *(_NOT_IN_TRAINING if spec.experiment == "train" else ()))
+    return tuple(v for v in PARAM_VARIABLES if v not in dropped)
+
+
+def array_names(spec: Spec | TrainSpec) -> tuple[str, ...]:
     """Every array of the store of ``spec``: coordinates, parameter and cell variables, cell_done."""
-    return (*spec.cell_dims, *INNER_DIMS[1:], *param_variables(spec), *CELL_VARIABLES, "cell_done")
+    return (
+        *spec.cell_dims,
+        *_INNER[spec.experiment],
+        *param_variables(spec),
+        *cell_variables(spec),
+        "cell_done",
+    )
+
+
+def dim_lengths(spec: Spec | TrainSpec) -> dict[str, int]:
+    """Lengths of the dimensions inside a cell (all but ``knot``)."""
+    if spec.experiment == "train":
+        return {"epoch": spec.epochs + 1, "probe": len(PROBES), "layer": max(spec.depth)}
+    return {"net": spec.nets, "layer": spec.depth + 1, "input": 2}
 
 
 def param_dims(ds: xr.Dataset) -> tuple[str, ...]:
@@ -182,11 +271,12 @@ def param_values(spec: Spec, params: Params) -> dict[str, np.ndarray]:
     piece structure at once (``Activation.stack``); a sweep may mix several structures."""
     shape, k = spec.param_shape, n_knots(params)
     q_ref = params.q_star if spec.eoc else params.q0
+    wanted = param_variables(spec)
     out = {
         "tau": params.tau,
         "sigma_w2": params.sigma_w2,
         "sigma_b2": params.sigma_b2,
-        "q_gp": np.empty((*shape, spec.depth + 1)),
+        "q_gp": np.empty((*shape, spec.depth + 1)) if "q_gp" in wanted else None,
         "v_slope": np.empty(shape),
         "gp_sparsity": np.empty(shape),
         "act_knots": np.full((*shape, k), np.nan),
@@ -202,8 +292,9 @@ def param_values(spec: Spec, params: Params) -> dict[str, np.ndarray]:
         index = tuple(np.array(members).T)
         act = Activation.stack(params.acts[i] for i in members)
         sw2, sb2 = params.sigma_w2[index], params.sigma_b2[index]
-        q_gp = gp.iterate_variance(act, params.q0[index], sw2, sb2, spec.depth)
-        out["q_gp"][index] = q_gp.T
+        if "q_gp" in wanted:
+            q_gp = gp.iterate_variance(act, params.q0[index], sw2, sb2, spec.depth)
+            out["q_gp"][index] = q_gp.T
         out["v_slope"][index] = gp.variance_slope(act, q_ref[index], sw2, sb2)
         out["gp_sparsity"][index] = gp.sparsity(act, q_ref[index])
     for i in np.ndindex(shape):
@@ -212,14 +303,35 @@ def param_values(spec: Spec, params: Params) -> dict[str, np.ndarray]:
         out["act_values"][i][: act.values.size] = act.values
         out["act_left_slope"][i] = act.left_slope
         out["act_right_slope"][i] = act.right_slope
-    return {name: out[name] for name in param_variables(spec)}
+    return {name: out[name] for name in wanted}
 
 
-def attributes(spec: Spec) -> dict[str, Any]:
-    """The dataset attributes a store's readers rely on: the spec as TOML and the run constants.
-    (``simulate.grid`` adds provenance: versions, git commit, creation time and wall time.)"""
+def attributes(spec: Spec | TrainSpec) -> dict[str, Any]:
+    """The dataset attributes a store's readers rely on: the experiment, the spec as TOML and the
+    run constants. (``simulate.grid`` adds provenance: versions, git commit, creation time and wall
+    time; for training, the dataset's sizes and checksum.)"""
+    if spec.experiment == "train":
+        sizes = {k: getattr(spec, k) for k in ("train_size", "test_size") if getattr(spec, k)}
+        return {
+            "title": "Training sweep of deep networks initialised at the Edge of Chaos "
+            "(simulate.grid --experiment train)",
+            "experiment": "train",
+            "spec": spec.to_toml(),
+            "seed": spec.seed,
+            "dataset": spec.dataset,
+            **sizes,
+            "epochs": spec.epochs,
+            "optimizer": spec.optimizer,
+            "schedule": spec.schedule,
+            "warmup": spec.warmup,
+            "batch_size": spec.batch_size,
+            "output_gain": spec.output_gain,
+            "probe_size": spec.probe_size,
+            "q_ref": "q_star",
+        }
     return {
         "title": "Monte Carlo sweep of deep random networks (simulate.grid)",
+        "experiment": "init",
         "spec": spec.to_toml(),
         "seed": spec.seed,
         "depth": spec.depth,
@@ -232,21 +344,26 @@ def attributes(spec: Spec) -> dict[str, Any]:
     }
 
 
-def coordinates(spec: Spec, knots: int) -> dict[str, np.ndarray]:
+def coordinates(spec: Spec | TrainSpec, knots: int) -> dict[str, np.ndarray]:
     """Values of every dimension of the store."""
-    return {
-        **{dim: np.asarray(values) for dim, values in spec.coords().items()},
-        "net": np.arange(spec.nets),
-        "layer": np.arange(spec.depth + 1),
-        "input": np.arange(2),
-        "knot": np.arange(knots),
-    }
+    axes = {dim: np.asarray(values) for dim, values in spec.coords().items()}
+    n = dim_lengths(spec)
+    if spec.experiment == "train":
+        inner = {
+            "epoch": np.arange(n["epoch"]),
+            "probe": np.asarray(PROBES),
+            "layer": np.arange(1, n["layer"] + 1),
+        }
+    else:
+        inner = {"net": np.arange(n["net"]), "layer": np.arange(n["layer"]), "input": np.arange(2)}
+    return {**axes, **inner, "knot": np.arange(knots)}
 
 
-def skeleton(spec: Spec, values: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
+def skeleton(spec: Spec | TrainSpec, values: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
     """The store without its cell variables: coordinates, the parameter variables ``values`` (from
     :func:`param_values`), ``cell_done = False`` and ``attrs``."""
     coords = coordinates(spec, values["act_knots"].shape[-1])
+    long_names = TRAIN_COORDINATES if spec.experiment == "train" else COORDINATES
     ds = xr.Dataset(
         {
             name: (
@@ -257,8 +374,8 @@ def skeleton(spec: Spec, values: dict[str, np.ndarray], attrs: dict) -> xr.Datas
             for name in param_variables(spec)
         },
         coords={
-            dim: (dim, coords[dim], {"long_name": COORDINATES[dim], "units": "1"})
-            for dim in (*spec.cell_dims, *INNER_DIMS[1:])
+            dim: (dim, values, {"long_name": long_names[dim], "units": "1"})
+            for dim, values in coords.items()
         },
         attrs=attrs,
     )
@@ -266,10 +383,10 @@ def skeleton(spec: Spec, values: dict[str, np.ndarray], attrs: dict) -> xr.Datas
     return ds
 
 
-def cell_shape(spec: Spec, name: str) -> tuple[int, ...]:
-    """Shape of the cell variable ``name`` over all of its dimensions (P, width, then its own)."""
-    lengths = {"net": spec.nets, "layer": spec.depth + 1, "input": 2}
-    return (*spec.cell_shape, *(lengths[d] for d in CELL_VARIABLES[name].dims))
+def cell_shape(spec: Spec | TrainSpec, name: str) -> tuple[int, ...]:
+    """Shape of the cell variable ``name`` over all of its dimensions (the cell axes, then its own)."""
+    lengths = dim_lengths(spec)
+    return (*spec.cell_shape, *(lengths[d] for d in cell_variables(spec)[name].dims))
 
 
 def activation_at(ds: xr.Dataset, where: dict | tuple[int, ...] | None = None) -> Activation:
@@ -303,7 +420,7 @@ def activation_at(ds: xr.Dataset, where: dict | tuple[int, ...] | None = None) -
     )
 
 
-Fill = Callable[[Spec, SweepCell], dict[str, np.ndarray]]
+Fill = Callable[[Spec | TrainSpec, SweepCell], dict[str, np.ndarray]]
 
 
 def synthetic_store(
@@ -315,8 +432,10 @@ def synthetic_store(
     ``q_star`` or ``sigma_w2``/``sigma_b2``, ``width``, ``depth``, ``nets``, ``q0``, ``c0``, ``seed``,
     ``escape_factor``, ``shape``...), validated as the sweep validates them; keys not given take the
     values of a tiny sweep (crelu unless ``shape`` is given, sparsity 0.8, clip 1 and inf, q* = 1,
-    width 64, depth 10, 4 nets) and then the sweep's defaults. The parameter variables are the real theory (``param_values``).
-    Each cell's variables are ``fill(spec, cell)`` (a dict of some of ``CELL_VARIABLES``, each over
+    width 64, depth 10, 4 nets) and then the sweep's defaults. With ``experiment="train"`` it is a
+    training store (keys ``lr``, ``epochs``, ``run_seed``...; tiny: width 16, depth 3, 2 epochs, run
+    seed 0). The parameter variables are the real theory (``param_values``).
+    Each cell's variables are ``fill(spec, cell)`` (a dict of some of the cell variables, each over
     that variable's own dims; ``cell`` a :class:`~simulate.spec.SweepCell` with its activation,
     variances, q0 and flat index for seeding) or their fill values; ``done`` (a bool or a mask over
     the cell axes) is ``cell_done``. The attributes are those of a real store (:func:`attributes`).
@@ -336,8 +455,15 @@ def synthetic_store(
         mask = np.ones((1, 1, 2, 1, 1), bool)  # (family, sparsity, clip, q_star, width)
         mask[:, :, 1] = False
         ds = synthetic_store(fill, done=mask, depth=50)
+
+    or a training store whose runs are real (digits, the first 64 training images)::
+
+        ds = synthetic_store(grid.train_cell, experiment="train", train_size=64, batch_size=32)
     """
-    values = {"clip": [1.0, math.inf], "width": 64, "depth": 10, "nets": 4}
+    if spec_values.get("experiment") == "train":
+        values = {"clip": [1.0, math.inf], "width": 16, "depth": 3, "epochs": 2, "run_seed": 0}
+    else:
+        values = {"clip": [1.0, math.inf], "width": 64, "depth": 10, "nets": 4}
     if not {"family", "shape"} & set(spec_values):
         values["family"] = "crelu"
     if not {"sparsity", "tau", "q_star", "sigma_w2", "sigma_b2"} & set(spec_values):
@@ -345,15 +471,16 @@ def synthetic_store(
     spec = Spec.from_values(values | spec_values)
     params = resolve(spec)
     ds = skeleton(spec, param_values(spec, params), attributes(spec))
+    variables = cell_variables(spec)
     data = {
         name: np.full(cell_shape(spec, name), var.fill, dtype=var.dtype)
-        for name, var in CELL_VARIABLES.items()
+        for name, var in variables.items()
     }
     if fill is not None:
         for cell in cells(spec, params):
             for name, value in fill(spec, cell).items():
                 data[name][cell.index] = value
-    for name, var in CELL_VARIABLES.items():
+    for name, var in variables.items():
         ds[name] = ((*spec.cell_dims, *var.dims), data[name], var.attrs)
     ds["cell_done"][...] = np.broadcast_to(done, spec.cell_shape)
     return ds

@@ -1,6 +1,11 @@
 """A sweep: its parameter grid and run options, parsed from flags and/or a TOML file, validated up front.
 
-A sweep is the cartesian product of the listed values of its *grid* fields. Two kinds:
+A sweep is the cartesian product of the listed values of its *grid* fields. Its ``experiment`` says
+what a cell of the grid is: ``init`` (the default, :class:`Spec`), a Monte Carlo of random networks
+at initialisation; ``train`` (:class:`TrainSpec`), one network trained on a dataset. Each
+experiment has its own keys (a key of the other one is refused) and defaults.
+
+A Monte Carlo sweep is of two kinds:
 
 - on the Edge of Chaos (default): axes ``family, sparsity | tau, clip, q_star``; each cell's
   (sigma_w^2, sigma_b^2) comes from ``gp.edge_of_chaos`` and, with ``sparsity``, its threshold from
@@ -12,6 +17,11 @@ A sweep is the cartesian product of the listed values of its *grid* fields. Two 
 
 Every parameter cell is crossed with every ``width``; a (parameter cell, width) pair is one *cell* of
 the sweep, the unit of work, of storage and of resumption.
+
+A training sweep is on the Edge of Chaos: axes ``family, sparsity | tau, clip, q_star`` as above,
+crossed with ``width, depth, lr, run_seed``; each cell is one training run of a network of ``depth``
+hidden layers, initialised at the EoC for q* (:mod:`simulate.train`). The dataset, epochs,
+optimiser, schedule, warm-up, batch size, output gain and probe size are one value per sweep.
 
 Values are written the same way on the command line and in a TOML file: a list ``a,b,c``, a linear
 range ``start:stop:count`` (endpoints included), a log range ``log:start:stop:count``, or any comma
@@ -49,7 +59,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from itertools import pairwise, product
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import tomli_w
@@ -58,8 +68,14 @@ from scipy import optimize
 from simulate import gp
 from simulate.activations import FAMILIES, Activation
 from simulate.engines import engine_names
+from simulate.train.data import DATASETS, FASHION_DIR
 
 BACKENDS = ("loky", "threading", "dask")
+
+EXPERIMENTS = ("init", "train")
+"""``init``: random networks at initialisation, by Monte Carlo (the default); ``train``: networks
+trained on a dataset (:mod:`simulate.train`)."""
+INIT, TRAIN = ("init",), ("train",)
 
 
 class SpecError(ValueError):
@@ -75,7 +91,8 @@ class _Field:
     ok: Callable[[Any], bool]
     allowed: str
     help: str
-    grid: bool = False  # a list of values (an axis of the grid) rather than one value
+    grid: tuple[str, ...] = ()  # the experiments in which it is an axis (a list of values)
+    experiments: tuple[str, ...] = EXPERIMENTS  # the experiments that have this key
 
     @property
     def flag(self) -> str:
@@ -129,17 +146,41 @@ def _count(n: int) -> bool:
     return 1 <= n < 2**31
 
 
+TRAIN_EXTRA = (
+    "experiment=train: needs JAX, optax and scikit-learn, the optional extra: "
+    "pip install 'sparse-eoc[train]'"
+)
+"""The refusal of a training sweep where the extra is not installed."""
+
+
+def _train_model():
+    """:mod:`simulate.train.model`, imported on first use: it starts JAX, which only a training
+    sweep needs (``simulate.grid.main`` caps XLA's threads before parsing, so first)."""
+    try:
+        from simulate.train import model
+    except ImportError:
+        raise SpecError(TRAIN_EXTRA) from None
+    return model
+
+
 VARIANCE_RANGE = (1e-30, 1e30)
 """Input and fixed-point variances a store can hold: float32 trajectories, with the escape band."""
 
 _FIELDS = (
+    _Field(
+        "experiment",
+        _text,
+        lambda e: e in EXPERIMENTS,
+        f"one of {', '.join(EXPERIMENTS)}",
+        "init: random networks at initialisation (Monte Carlo); train: training them on a dataset",
+    ),
     _Field(
         "family",
         _text,
         lambda f: f != "",
         _FAMILY_ALLOWED,
         "activation families (named, or a [shape] of the spec file)",
-        grid=True,
+        grid=EXPERIMENTS,
     ),
     _Field(
         "sparsity",
@@ -147,7 +188,7 @@ _FIELDS = (
         lambda s: 0 <= s < 1,
         "in [0, 1) ([0.5, 1) for crelu)",
         "target GP sparsity at q*, sets tau (on the EoC)",
-        grid=True,
+        grid=EXPERIMENTS,
     ),
     _Field(
         "tau",
@@ -155,7 +196,7 @@ _FIELDS = (
         lambda t: math.isfinite(t) and t >= 0,
         "finite and >= 0",
         "thresholds, instead of sparsity; required off the EoC",
-        grid=True,
+        grid=EXPERIMENTS,
     ),
     _Field(
         "clip",
@@ -163,7 +204,7 @@ _FIELDS = (
         lambda m: m > 0,
         "> 0, or inf for no clipping",
         "clip levels m",
-        grid=True,
+        grid=EXPERIMENTS,
     ),
     _Field(
         "q_star",
@@ -171,7 +212,7 @@ _FIELDS = (
         lambda q: VARIANCE_RANGE[0] <= q <= VARIANCE_RANGE[1],
         "in [1e-30, 1e30] (trajectories are stored as float32)",
         "fixed-point variances q* of the EoC",
-        grid=True,
+        grid=EXPERIMENTS,
     ),
     _Field(
         "sigma_w2",
@@ -179,7 +220,8 @@ _FIELDS = (
         lambda v: math.isfinite(v) and v > 0,
         "finite and > 0",
         "weight variances: off the EoC, with --sigma-b2 and --tau",
-        grid=True,
+        grid=INIT,
+        experiments=INIT,
     ),
     _Field(
         "sigma_b2",
@@ -187,25 +229,42 @@ _FIELDS = (
         lambda v: math.isfinite(v) and v >= 0,
         "finite and >= 0",
         "bias variances: off the EoC, with --sigma-w2 and --tau",
-        grid=True,
+        grid=INIT,
+        experiments=INIT,
     ),
-    _Field("width", _integer, _count, _COUNT, "hidden widths N", grid=True),
-    _Field("depth", _integer, _count, _COUNT, "number of layers L"),
-    _Field("nets", _integer, _count, _COUNT, "networks per cell"),
+    _Field("width", _integer, _count, _COUNT, "hidden widths N", grid=EXPERIMENTS),
+    _Field(
+        "depth",
+        _integer,
+        _count,
+        _COUNT,
+        "number of layers L (train: of hidden layers, a list)",
+        grid=TRAIN,
+    ),
+    _Field("nets", _integer, _count, _COUNT, "networks per cell", experiments=INIT),
     _Field(
         "q0",
         _q0,
         lambda q: q == "q_star" or VARIANCE_RANGE[0] <= q <= VARIANCE_RANGE[1],
         "in [1e-30, 1e30] (trajectories are stored as float32), or q_star",
         "input variance; default q_star on the EoC, 1 off it",
+        experiments=INIT,
     ),
-    _Field("c0", _number, lambda c: -1 <= c <= 1, "in [-1, 1]", "correlation of the two inputs"),
+    _Field(
+        "c0",
+        _number,
+        lambda c: -1 <= c <= 1,
+        "in [-1, 1]",
+        "correlation of the two inputs",
+        experiments=INIT,
+    ),
     _Field(
         "engine",
         _text,
         lambda e: e in engine_names(),
         f"one of {', '.join(engine_names())}",
         "Monte Carlo engine",
+        experiments=INIT,
     ),
     _Field(
         "seed",
@@ -220,13 +279,107 @@ _FIELDS = (
         lambda f: math.isfinite(f) and f > 1,
         "finite and > 1",
         "a network escapes when its variance leaves [q_ref / f, q_ref * f]",
+        experiments=INIT,
+    ),
+    _Field(
+        "lr",
+        _number,
+        lambda v: math.isfinite(v) and v > 0,
+        "finite and > 0",
+        "peak learning rates",
+        grid=TRAIN,
+        experiments=TRAIN,
+    ),
+    _Field(
+        "run_seed",
+        _integer,
+        lambda s: 0 <= s < 2**63,
+        "an integer in [0, 2**63) (a TOML integer)",
+        "training seeds: one run per seed and cell (its stream: see simulate.grid.cell_seed)",
+        grid=TRAIN,
+        experiments=TRAIN,
+    ),
+    _Field(
+        "dataset",
+        _text,
+        lambda d: d in DATASETS,
+        f"one of {', '.join(DATASETS)}",
+        "the data to train on",
+        experiments=TRAIN,
+    ),
+    _Field(
+        "train_size",
+        _integer,
+        _count,
+        _COUNT,
+        "train on the first N training images only; default all",
+        experiments=TRAIN,
+    ),
+    _Field(
+        "test_size",
+        _integer,
+        _count,
+        _COUNT,
+        "test on the first N test images only; default all",
+        experiments=TRAIN,
+    ),
+    _Field("epochs", _integer, _count, _COUNT, "passes over the training set", experiments=TRAIN),
+    _Field(
+        "optimizer",
+        _text,
+        lambda o: o in _train_model().OPTIMIZERS,
+        "one of adam, sgd",
+        "adam, or sgd with momentum 0.9",
+        experiments=TRAIN,
+    ),
+    _Field(
+        "schedule",
+        _text,
+        lambda o: o in _train_model().SCHEDULES,
+        "one of constant, cosine",
+        "learning rate after the warm-up: constant, or cosine decay to 0",
+        experiments=TRAIN,
+    ),
+    _Field(
+        "warmup",
+        _number,
+        lambda w: math.isfinite(w) and w >= 0,
+        "finite and >= 0, and < epochs",
+        "linear warm-up of the learning rate from 0, in epochs",
+        experiments=TRAIN,
+    ),
+    _Field("batch_size", _integer, _count, _COUNT, "images per step", experiments=TRAIN),
+    _Field(
+        "output_gain",
+        _number,
+        lambda g: 0 <= g <= 1e6,
+        "in [0, 1e6] (the output weights stay far from float32 overflow)",
+        "scale g of the output layer's variances (1: one more EoC layer; 0: zero logits)",
+        experiments=TRAIN,
+    ),
+    _Field(
+        "probe_size",
+        _integer,
+        _count,
+        _COUNT,
+        "images per probe batch (the first of each set), where q and act_sparsity are measured",
+        experiments=TRAIN,
+    ),
+    _Field(
+        "data",
+        _text,
+        lambda p: p != "",
+        "a directory",
+        f"directory of the Fashion-MNIST IDX files; default {FASHION_DIR}",
+        experiments=TRAIN,
     ),
     _Field(
         "out",
         _text,
         lambda p: p != "",
         "a path",
-        "the zarr store; default results/default.zarr, or results/NAME.zarr for NAME.toml",
+        "the zarr store; default results/default.zarr (train: results/train.zarr), or "
+        "results/NAME.zarr for NAME.toml",
     ),
     _Field(
         "n_jobs",
@@ -293,10 +446,102 @@ DEFAULTS = {
 }
 """The built-in sweep (``python -m simulate.grid`` with no arguments) and the run defaults."""
 
+TRAIN_DEFAULTS = {
+    "family": "crelu,cst",
+    "sparsity": "0.5,0.85",
+    "clip": "1,inf",
+    "q_star": "1",
+    "width": "100",
+    "depth": "20",
+    "lr": "1e-3",
+    "run_seed": "0,1",
+    "dataset": "digits",
+    "epochs": 10,
+    "optimizer": "adam",
+    "schedule": "constant",
+    "warmup": 0.0,
+    "batch_size": 32,
+    "output_gain": 1.0,
+    "probe_size": 256,
+    "seed": 0,
+    "n_jobs": -1,
+    "backend": "loky",
+    "overwrite": False,
+    "repair": False,
+}
+"""The built-in training sweep (``python -m simulate.grid --experiment train``): CReLU and CST at
+sparsity 0.85, clipped at m = 1 and unclipped, beside the ReLU baseline (CReLU at sparsity 0.5:
+tau = 0, unclipped) and its clipped twin; depth 20, width 100, 10 epochs of Adam (learning rate 1e-3,
+batches of 32) on digits, 2 seeds."""
+
+_DEFAULTS = {"init": DEFAULTS, "train": TRAIN_DEFAULTS}
+_DEFAULT_OUT = {"init": Path("results/default.zarr"), "train": Path("results/train.zarr")}
+
+
+class _Sweep:
+    """What the two kinds of spec share: the grid of cells and the spec as TOML.
+
+    The grid's axes are the parameter axes (``param_dims``), then the run axes (``run_dims``); a
+    *cell* is one point of it, the unit of work, of storage and of resumption."""
+
+    experiment: ClassVar[str]
+    run_dims: ClassVar[tuple[str, ...]]
+
+    @property
+    def cell_dims(self) -> tuple[str, ...]:
+        """The axes of the grid of cells: the parameter axes, then the run axes."""
+        return (*self.param_dims, *self.run_dims)
+
+    def coords(self) -> dict[str, tuple]:
+        """Values along each cell axis."""
+        return {dim: getattr(self, dim) for dim in self.cell_dims}
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        return tuple(len(getattr(self, dim)) for dim in self.param_dims)
+
+    @property
+    def cell_shape(self) -> tuple[int, ...]:
+        return (*self.param_shape, *(len(getattr(self, dim)) for dim in self.run_dims))
+
+    def activation(self, family: str, tau: float, m: float) -> Activation:
+        """The activation of ``family`` (named, or one of this spec's shapes) at (tau, m)."""
+        for shape in self.shape or ():
+            if shape.name == family:
+                return shape.at(tau, m)
+        return Activation(family, tau, m)
+
+    def to_toml(self) -> str:
+        """The spec as a TOML file that ``python -m simulate.grid FILE`` runs again. ``init`` is
+        the default experiment and is not written: an init spec reads as it did before there were
+        experiments."""
+        body = {"experiment": self.experiment} if self.experiment != "init" else {}
+        body |= {
+            f.name: list(value) if isinstance(value, tuple) else value
+            for f in fields(self)
+            if (value := getattr(self, f.name)) is not None
+        }
+        if self.shape:
+            body["shape"] = [shape.table() for shape in self.shape]
+        return "# python -m simulate.grid THIS.toml reproduces this sweep\n" + tomli_w.dumps(body)
+
+    @staticmethod
+    def from_toml(text: str) -> Spec | TrainSpec:
+        """Inverse of :meth:`to_toml` (validated like any spec file); the class follows the
+        file's ``experiment``."""
+        return _spec(_merge(_read_toml(text, "spec"), {}))
+
+    @staticmethod
+    def from_values(values: dict[str, Any]) -> Spec | TrainSpec:
+        """A spec from the keys of a spec file given as Python values (numbers, lists, range
+        strings; ``shape`` a dict or a list of dicts), defaults for the rest, validated."""
+        return _spec(_merge(dict(values), {}))
+
 
 @dataclass(frozen=True)
-class Spec:
-    """The scientific content of a sweep: what the stored numbers depend on, and nothing else.
+class Spec(_Sweep):
+    """The scientific content of a Monte Carlo sweep (experiment ``init``): what the stored numbers
+    depend on, and nothing else.
 
     Grid fields are sorted tuples (families in ``FAMILIES`` order) or None when not part of this kind
     of sweep; the order fixes each cell's position in the grid and so its random stream.
@@ -319,6 +564,9 @@ class Spec:
     escape_factor: float
     shape: tuple[Shape, ...] | None = None  # the user shapes named in ``family``
 
+    experiment: ClassVar[str] = "init"
+    run_dims: ClassVar[tuple[str, ...]] = ("width",)
+
     @property
     def eoc(self) -> bool:
         """True on the Edge of Chaos (sigma_w^2, sigma_b^2 solved per cell), False off it."""
@@ -332,56 +580,56 @@ class Spec:
             return ("family", threshold, "clip", "q_star")
         return ("family", "tau", "clip", "sigma_w2", "sigma_b2")
 
+
+@dataclass(frozen=True)
+class TrainSpec(_Sweep):
+    """The scientific content of a training sweep (experiment ``train``).
+
+    Parameter axes ``family, sparsity | tau, clip, q_star`` (always on the Edge of Chaos: the
+    initialiser needs (sigma_w^2, sigma_b^2) from ``gp.edge_of_chaos``), then the run axes ``width,
+    depth, lr, run_seed``: one training run per cell. ``depth`` counts the hidden layers. Everything
+    else is one value for the whole sweep; ``train_size`` / ``test_size`` None mean the whole split.
+    """
+
+    family: tuple[str, ...]
+    sparsity: tuple[float, ...] | None
+    tau: tuple[float, ...] | None
+    clip: tuple[float, ...]
+    q_star: tuple[float, ...]
+    width: tuple[int, ...]
+    depth: tuple[int, ...]
+    lr: tuple[float, ...]
+    run_seed: tuple[int, ...]
+    dataset: str
+    train_size: int | None
+    test_size: int | None
+    epochs: int
+    optimizer: str
+    schedule: str
+    warmup: float
+    batch_size: int
+    output_gain: float
+    probe_size: int
+    seed: int
+    shape: tuple[Shape, ...] | None = None  # the user shapes named in ``family``
+
+    experiment: ClassVar[str] = "train"
+    run_dims: ClassVar[tuple[str, ...]] = ("width", "depth", "lr", "run_seed")
+    eoc: ClassVar[bool] = True
+    q0: ClassVar[str] = "q_star"
+    """The first hidden layer starts at q* (the initialiser scales the input layer so)."""
+
     @property
-    def cell_dims(self) -> tuple[str, ...]:
-        """The axes of the grid of cells: the parameter axes, then width."""
-        return (*self.param_dims, "width")
-
-    def coords(self) -> dict[str, tuple]:
-        """Values along each cell axis."""
-        return {dim: getattr(self, dim) for dim in self.cell_dims}
-
-    @property
-    def param_shape(self) -> tuple[int, ...]:
-        return tuple(len(getattr(self, dim)) for dim in self.param_dims)
-
-    @property
-    def cell_shape(self) -> tuple[int, ...]:
-        return (*self.param_shape, len(self.width))
-
-    def activation(self, family: str, tau: float, m: float) -> Activation:
-        """The activation of ``family`` (named, or one of this spec's shapes) at (tau, m)."""
-        for shape in self.shape or ():
-            if shape.name == family:
-                return shape.at(tau, m)
-        return Activation(family, tau, m)
-
-    def to_toml(self) -> str:
-        """The spec as a TOML file that ``python -m simulate.grid FILE`` runs again."""
-        body = {
-            f.name: list(value) if isinstance(value, tuple) else value
-            for f in fields(self)
-            if (value := getattr(self, f.name)) is not None
-        }
-        if self.shape:
-            body["shape"] = [shape.table() for shape in self.shape]
-        return "# python -m simulate.grid THIS.toml reproduces this sweep\n" + tomli_w.dumps(body)
-
-    @classmethod
-    def from_toml(cls, text: str) -> Spec:
-        """Inverse of :meth:`to_toml` (validated like any spec file)."""
-        return _spec(_merge(_read_toml(text, "spec"), {}))
-
-    @classmethod
-    def from_values(cls, values: dict[str, Any]) -> Spec:
-        """A spec from the keys of a spec file given as Python values (numbers, lists, range
-        strings; ``shape`` a dict or a list of dicts), defaults for the rest, validated."""
-        return _spec(_merge(_check_keys(values), {}))
+    def param_dims(self) -> tuple[str, ...]:
+        """The axes of the parameter grid, in storage order."""
+        threshold = "sparsity" if self.sparsity is not None else "tau"
+        return ("family", threshold, "clip", "q_star")
 
 
 @dataclass(frozen=True)
 class Run:
-    """How to run a sweep; none of it changes the numbers."""
+    """How to run a sweep; none of it changes the numbers. (``data`` says where the named dataset's
+    files are; a training store records a checksum of the images and refuses to resume on others.)"""
 
     out: Path
     n_jobs: int
@@ -390,13 +638,16 @@ class Run:
     max_batch: int | None
     overwrite: bool
     repair: bool
+    data: Path | None = None
 
 
 @dataclass(frozen=True)
 class SweepCell:
-    """One (parameter cell, width) pair: where it sits in the grid and what to simulate.
+    """One cell: a parameter cell and a value of each run axis; where it sits in the grid and what
+    to run.
 
     ``flat`` is its C-order position in the full grid of cells; it names the cell's random stream.
+    ``depth`` is the spec's depth for a Monte Carlo sweep; ``lr`` and ``run_seed`` are None there.
     """
 
     flat: int
@@ -410,6 +661,9 @@ class SweepCell:
     q0: float
     width: int
     activation: Activation
+    depth: int
+    lr: float | None = None
+    run_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -478,8 +732,10 @@ def _along(spec: Spec, dim: str) -> np.ndarray:
 
 def cells(spec: Spec, params: Params) -> Iterator[SweepCell]:
     """Every cell of the sweep, in C order over ``spec.cell_dims``."""
-    for flat, index in enumerate(product(*(range(n) for n in spec.cell_shape))):
-        p = index[:-1]
+    n = len(spec.param_dims)
+    for flat, index in enumerate(product(*(range(k) for k in spec.cell_shape))):
+        p = index[:n]
+        run = {d: getattr(spec, d)[i] for d, i in zip(spec.run_dims, index[n:], strict=True)}
         yield SweepCell(
             flat=flat,
             index=index,
@@ -490,8 +746,11 @@ def cells(spec: Spec, params: Params) -> Iterator[SweepCell]:
             sigma_b2=float(params.sigma_b2[p]),
             q_star=None if params.q_star is None else float(params.q_star[p]),
             q0=float(params.q0[p]),
-            width=spec.width[index[-1]],
+            width=run["width"],
             activation=params.acts[p],
+            depth=run.get("depth", spec.depth),
+            lr=run.get("lr"),
+            run_seed=run.get("run_seed"),
         )
 
 
@@ -503,10 +762,12 @@ def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m simulate.grid``: a spec file and one flag per field."""
     p = _OneLineParser(
         prog="python -m simulate.grid",
-        description="Monte Carlo sweep of deep random networks (CReLU, CST, or shapes of your own "
-        "given in a spec file) into a resumable zarr store. Lists: a,b,c; ranges: "
+        description="A sweep into a resumable zarr store: Monte Carlo of deep random networks "
+        "(--experiment init, the default), or training them on a dataset (--experiment train); "
+        "CReLU, CST, or shapes of your own given in a spec file. Lists: a,b,c; ranges: "
         "start:stop:count or log:start:stop:count; inf is a valid clip. With no arguments: the "
-        "built-in default sweep into results/default.zarr.",
+        "built-in default sweep into results/default.zarr (train: results/train.zarr). Flags "
+        "marked (init) or (train) belong to that experiment only.",
     )
     p.add_argument(
         "spec",
@@ -516,15 +777,22 @@ def parser() -> argparse.ArgumentParser:
         "see specs/custom_shape.toml)",
     )
     for f in _FIELDS:
+        only = f"({f.experiments[0]}) " if len(f.experiments) == 1 else ""
         if f.kind is _flag:
-            p.add_argument(f.flag, action="store_true", default=None, help=f.help)
+            p.add_argument(f.flag, action="store_true", default=None, help=only + f.help)
             continue
-        default = f"; default {DEFAULTS[f.name]}" if f.name in DEFAULTS else ""
+        shown = {e: _DEFAULTS[e][f.name] for e in f.experiments if f.name in _DEFAULTS[e]}
+        default = ""
+        if shown:
+            first, *rest = shown.items()
+            default = f"; default {first[1]}" + "".join(
+                f" ({e}: {v})" for e, v in rest if v != first[1]
+            )
         p.add_argument(
             f.flag,
             dest=f.name,
             metavar="LIST" if f.grid else f.name.upper(),
-            help=f"{f.help} [{f.allowed}{default}]",
+            help=f"{only}{f.help} [{f.allowed}{default}]",
         )
     return p
 
@@ -534,14 +802,14 @@ class _OneLineParser(argparse.ArgumentParser):
         raise SpecError(message)
 
 
-def parse(argv: list[str] | None = None) -> tuple[Spec, Run]:
-    """(Spec, Run) from a command line; SpecError on the first bad value."""
+def parse(argv: list[str] | None = None) -> tuple[Spec | TrainSpec, Run]:
+    """(spec, Run) from a command line; SpecError on the first bad value."""
     args = vars(parser().parse_args(argv))
     path = args.pop("spec")
     flags = {k: v for k, v in args.items() if v is not None}
     if path is None:
         values = _merge({}, flags)
-        return _spec(values), _run(values, Path("results/default.zarr"))
+        return _spec(values), _run(values, _DEFAULT_OUT[values["experiment"]])
     try:
         text = Path(path).read_text()
     except OSError as err:
@@ -552,29 +820,38 @@ def parse(argv: list[str] | None = None) -> tuple[Spec, Run]:
 
 def _read_toml(text: str, name: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"spec={name}: not valid TOML ({err})") from None
-    return _check_keys(data)
 
 
-def _check_keys(data: dict[str, Any]) -> dict[str, Any]:
+def _check_keys(data: dict[str, Any], experiment: str) -> None:
+    """Every key is a field of ``experiment`` (or ``shape``)."""
     for key in data:
-        if key not in _BY_NAME and key != "shape":
+        field = _BY_NAME.get(key)
+        if key == "shape" or (field is not None and experiment in field.experiments):
+            continue
+        if field is None:
+            keys = [f.name for f in _FIELDS if experiment in f.experiments]
             raise SpecError(
-                f"{key}={_show(data[key])}: unknown key; allowed: {', '.join(_BY_NAME)}, shape"
+                f"{key}={_show(data[key])}: unknown key; allowed: {', '.join(keys)}, shape"
             )
-    return data
+        raise SpecError(
+            f"{key}={_show(data[key])}: only with experiment={field.experiments[0]} "
+            f"(this sweep is experiment={experiment})"
+        )
 
 
 def _merge(file: dict, flags: dict) -> dict[str, Any]:
     """Defaults < file < flags, every value typed and checked, the kind of sweep settled."""
+    experiment = _value(_BY_NAME["experiment"], {**file, **flags}.get("experiment", "init"))
+    _check_keys({**file, **flags}, experiment)
     for given, other in (("sparsity", "tau"), ("tau", "sparsity")):
         if given in flags:
             file = {k: v for k, v in file.items() if k != other}
     shapes = _shapes(file.get("shape"))
-    given = {k: v for k, v in {**file, **flags}.items() if k != "shape"}
-    values = {name: _value(_BY_NAME[name], token) for name, token in given.items()}
+    given = {k: v for k, v in {**file, **flags}.items() if k not in ("shape", "experiment")}
+    values = {name: _value(_BY_NAME[name], token, experiment) for name, token in given.items()}
     if shapes and "family" not in values:
         values["family"] = tuple(s.name for s in shapes)
     if "family" in values:
@@ -586,10 +863,36 @@ def _merge(file: dict, flags: dict) -> dict[str, Any]:
     skip = set(values) | ({"sparsity"} if "tau" in values else set())
     if not eoc:
         skip |= {"sparsity", "q_star"}
-    values |= {k: _value(_BY_NAME[k], token) for k, token in DEFAULTS.items() if k not in skip}
+    defaults = _DEFAULTS[experiment]
+    values |= {
+        k: _value(_BY_NAME[k], token, experiment) for k, token in defaults.items() if k not in skip
+    }
+    values["experiment"] = experiment
+    if experiment == "train":
+        _check_training(values)
+        return values
     values.setdefault("q0", "q_star" if eoc else 1.0)
     _check_band(values, eoc)
     return values
+
+
+def _check_training(values: dict) -> None:
+    """What a training sweep's single values must satisfy together (the dataset's own sizes are
+    checked when it is loaded, by ``simulate.grid``)."""
+    if values["warmup"] >= values["epochs"]:
+        raise SpecError(
+            f"warmup={_show(values['warmup'])}: must be < epochs ({values['epochs']}), "
+            "the warm-up is part of the run"
+        )
+    if values.get("train_size", math.inf) < values["batch_size"]:
+        raise SpecError(
+            f"batch_size={values['batch_size']}: must be <= train_size ({values['train_size']})"
+        )
+    if "data" in values and values["dataset"] != "fashion-mnist":
+        raise SpecError(
+            f"data={values['data']}: only with dataset=fashion-mnist "
+            f"({values['dataset']} ships with scikit-learn)"
+        )
 
 
 def _check_band(values: dict, eoc: bool) -> None:
@@ -632,8 +935,9 @@ def _families(given: tuple[str, ...], shapes: tuple[Shape, ...]) -> tuple[str, .
     return tuple(sorted(given, key=order.index))
 
 
-def _spec(values: dict) -> Spec:
-    return Spec(**{f.name: values.get(f.name) for f in fields(Spec)})
+def _spec(values: dict) -> Spec | TrainSpec:
+    cls = TrainSpec if values["experiment"] == "train" else Spec
+    return cls(**{f.name: values.get(f.name) for f in fields(cls)})
 
 
 def _run(values: dict, default_out: Path) -> Run:
@@ -649,6 +953,7 @@ def _run(values: dict, default_out: Path) -> Run:
         max_batch=values.get("max_batch"),
         overwrite=values["overwrite"],
         repair=values["repair"],
+        data=Path(values["data"]) if "data" in values else None,
     )
 
 
@@ -671,13 +976,15 @@ def _check_kind(values: dict, eoc: bool) -> None:
         raise SpecError("q0=q_star: off the Edge of Chaos there is no q*; give a number")
 
 
-def _value(field: _Field, token):
-    """A checked value of ``field``: a sorted tuple of distinct values for a grid, else one value."""
-    items = _items(field, token)
+def _value(field: _Field, token, experiment: str = "init"):
+    """A checked value of ``field``: a sorted tuple of distinct values for a grid (an axis of
+    ``experiment``), else one value."""
+    grid = experiment in field.grid
+    items = _items(field, token, grid)
     for item in items:
         if not field.ok(item):
             raise SpecError(f"{field.name}={_show(item)}: must be {field.allowed}")
-    if not field.grid:
+    if not grid:
         if len(items) != 1:
             raise SpecError(f"{field.name}={_show(token)}: must be one value, {field.allowed}")
         return items[0]
@@ -692,12 +999,12 @@ def _value(field: _Field, token):
 _NUMERIC = (_number, _integer, _q0)
 
 
-def _items(field: _Field, token) -> list:
+def _items(field: _Field, token, grid: bool) -> list:
     """Typed values of one raw token: a TOML scalar or array, or a flag-style string (a comma list
     for grids and numbers; ranges for numbers)."""
     if isinstance(token, list):
-        return [v for t in token for v in _items(field, t)]
-    if not isinstance(token, str) or not (field.grid or field.kind in _NUMERIC):
+        return [v for t in token for v in _items(field, t, grid)]
+    if not isinstance(token, str) or not (grid or field.kind in _NUMERIC):
         return [_typed(field, token)]
     return [v for part in token.split(",") for v in _expand(field, part.strip())]
 

@@ -36,8 +36,15 @@ import xarray as xr
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from simulate.schema import CELL_VARIABLES, PARAM_VARIABLES, cell_shape, param_variables
-from simulate.spec import Spec
+from simulate.schema import (
+    CELL_VARIABLES_OF,
+    PARAM_VARIABLES,
+    cell_shape,
+    cell_variables,
+    dim_lengths,
+    param_variables,
+)
+from simulate.spec import Spec, TrainSpec
 
 COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())
 """Codecs after the bytes serialiser, for every array: zstd (zarr's default), then a checksum."""
@@ -50,18 +57,18 @@ _WRITE_ALL = {"write_empty_chunks": True}
 without a chunk file is known to be damaged."""
 
 
-def cell_nbytes(spec: Spec) -> int:
-    """Bytes of one cell's engine output, uncompressed."""
+def cell_nbytes(spec: Spec | TrainSpec) -> int:
+    """Bytes of one cell's output, uncompressed."""
     return sum(
         np.dtype(var.dtype).itemsize * math.prod(cell_shape(spec, name)[len(spec.cell_dims) :])
-        for name, var in CELL_VARIABLES.items()
+        for name, var in cell_variables(spec).items()
     )
 
 
-def param_nbytes(spec: Spec) -> int:
+def param_nbytes(spec: Spec | TrainSpec) -> int:
     """Bytes of the per-parameter variables."""
     knots = max([4, *(len(shape.knots) for shape in spec.shape or ())])  # 4: CST, the most named
-    lengths = {"layer": spec.depth + 1, "knot": knots}
+    lengths = dim_lengths(spec) | {"knot": knots}
     per_param = sum(
         np.dtype(PARAM_VARIABLES[v].dtype).itemsize
         * math.prod(lengths[d] for d in PARAM_VARIABLES[v].dims)
@@ -70,12 +77,12 @@ def param_nbytes(spec: Spec) -> int:
     return math.prod(spec.param_shape) * per_param
 
 
-def nbytes(spec: Spec) -> int:
+def nbytes(spec: Spec | TrainSpec) -> int:
     """Bytes of the whole store, uncompressed (an upper bound on its size on disk)."""
     return param_nbytes(spec) + math.prod(spec.cell_shape) * (cell_nbytes(spec) + 1)
 
 
-def create(path: Path, skeleton: xr.Dataset, spec: Spec) -> None:
+def create(path: Path, skeleton: xr.Dataset, spec: Spec | TrainSpec) -> None:
     """Write the empty store at ``path`` (replacing what is there): ``skeleton`` (from
     :func:`simulate.schema.skeleton`: coordinates, parameter variables, ``cell_done`` False,
     attributes), then the cell variables of ``spec``, fill-valued, one chunk per cell."""
@@ -87,7 +94,7 @@ def create(path: Path, skeleton: xr.Dataset, spec: Spec) -> None:
         skeleton.to_zarr(scratch, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
         group = zarr.open_group(scratch, mode="r+")
         n = len(spec.cell_dims)
-        for name, var in CELL_VARIABLES.items():
+        for name, var in cell_variables(spec).items():
             shape = cell_shape(spec, name)
             group.create_array(
                 name,
@@ -132,7 +139,7 @@ def read_spec(path: Path) -> str | None:
             group = zarr.open_group(path, mode="r")
             spec = group.attrs.get("spec")
             ok = isinstance(spec, str) and "cell_done" in group
-            missing = [name for name in CELL_VARIABLES if name not in group]
+            missing = [name for name in _variables_of(group) if name not in group]
     except Exception as err:  # any failure to read the root metadata
         if (path / "cell_done" / "zarr.json").is_file():
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -143,13 +150,18 @@ def read_spec(path: Path) -> str | None:
     return spec if ok else None
 
 
-def rebuild(path: Path, skeleton: xr.Dataset, spec: Spec) -> None:
+def _variables_of(group: zarr.Group) -> dict:
+    """The cell variables of the store's experiment (``attrs["experiment"]``; init if absent)."""
+    return CELL_VARIABLES_OF[group.attrs.get("experiment", "init")]
+
+
+def rebuild(path: Path, skeleton: xr.Dataset, spec: Spec | TrainSpec) -> None:
     """Remake the store at ``path`` from ``spec``, keeping the chunk files of its cell variables and
     of ``cell_done`` (whatever of them is intact; :meth:`Writer.inspect` tells)."""
     fresh = path.with_name(path.name + ".rebuilt")
     shutil.rmtree(fresh, ignore_errors=True)
     create(fresh, skeleton, spec)
-    for name in (*CELL_VARIABLES, "cell_done"):
+    for name in (*cell_variables(spec), "cell_done"):
         chunks = path / name / "c"
         if chunks.is_dir():
             shutil.rmtree(fresh / name / "c", ignore_errors=True)
@@ -197,9 +209,10 @@ class Writer:
         self.path = path
         with _quiet():
             self._group = zarr.open_group(path, mode="r+")
+        self._variables = tuple(_variables_of(self._group))
         self._arrays = {
             name: self._group[name].with_config(_WRITE_ALL)
-            for name in (*CELL_VARIABLES, "cell_done")
+            for name in (*self._variables, "cell_done")
         }
 
     def done(self) -> np.ndarray:
@@ -207,9 +220,9 @@ class Writer:
         return self._arrays["cell_done"][...]
 
     def write(self, index: tuple[int, ...], values: dict[str, np.ndarray]) -> None:
-        """Store one cell's engine output (``values[name]`` over ``CELL_VARIABLES[name].dims``), then
-        mark it done."""
-        for name in CELL_VARIABLES:
+        """Store one cell's output (``values[name]`` over the cell variable's own dims), then mark
+        it done."""
+        for name in self._variables:
             self._arrays[name][index] = values[name]
         self._arrays["cell_done"][index] = True
 
@@ -227,7 +240,7 @@ class Writer:
                 unreadable[region] = True
         cells = np.zeros(flags.shape, dtype=bool)
         for index in zip(*np.nonzero(done), strict=True):
-            cells[index] = not all(self._intact(name, index) for name in CELL_VARIABLES)
+            cells[index] = not all(self._intact(name, index) for name in self._variables)
         arrays = [name for name in expected if name not in self._group]
         for name, array in self._group.arrays():
             if name not in self._arrays:

@@ -95,6 +95,9 @@ def test_schema(reference):
         "corr": ((*cell, "net", "layer"), np.float32),
         "zero_frac": ((*cell, "net", "layer", "input"), np.float32),
         "log_gain": ((*cell, "net", "layer"), np.float32),
+        "v": ((*cell, "net", "layer", "input"), np.float32),
+        "v_corr": ((*cell, "net", "layer"), np.float32),
+        "v_log_gain": ((*cell, "net", "layer"), np.float32),
         "escape_layer": ((*cell, "net"), np.int32),
         "cell_done": (cell, np.bool_),
         "tau": (cell[:-1], np.float64),
@@ -374,7 +377,7 @@ def test_each_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("widht = [16]\n", "widht=16: unknown key; allowed: family, sparsity"),
+        ("widht = [16]\n", "widht=16: unknown key; allowed: experiment, family, sparsity"),
         ("width = [16\n", "not valid TOML"),
         ("width = true\n", "width=True: must be an integer >= 1"),
         ('clip = ["1:2:x"]\n', "clip=1:2:x: a range is"),
@@ -484,11 +487,13 @@ def test_infeasible_cell_is_named():
 def test_batches_cover_every_cell_once():
     spec, _ = parse(GRID)
     todo = list(cells(spec, resolve(spec)))
-    total = grid._todo_cost(spec, np.zeros(spec.cell_shape, dtype=bool))
-    assert total == pytest.approx(sum(grid._cost(spec, c.width) for c in todo), rel=1e-12)
+    total = grid._todo_cost(spec, np.zeros(spec.cell_shape, dtype=bool), None)
+    assert total == pytest.approx(
+        sum(grid._cost(spec, c.width, c.depth, None) for c in todo), rel=1e-12
+    )
     for n_workers, max_batch in ((1, None), (2, None), (2, 1), (4, 5)):
         target = min(grid.TASK_COST, total / (4 * n_workers))
-        batches = list(grid._batches(spec, iter(todo), target, max_batch))
+        batches = list(grid._batches(spec, iter(todo), target, max_batch, None))
         assert [c for b in batches for c in b] == todo
         assert max_batch is None or max(map(len, batches)) <= max_batch
         assert len(batches) >= 4 * n_workers

@@ -68,6 +68,38 @@ def test_synthetic_store_fill_values_and_done_mask():
     assert ds.cell_done.dims == ("family", "sparsity", "clip", "q_star", "width")
 
 
+TRAIN_PROVENANCE = ("n_train", "n_test", "data_sha256", "jax_version", "jaxlib_version",
+                    "optax_version", "scikit_learn_version")  # fmt: skip
+
+
+def test_synthetic_training_store_is_the_written_store(tmp_path):
+    """A training sweep over two depths, and the synthetic store filled by the sweep's own cell
+    function: identical (attributes from the dataset aside). The layer axis runs to the deeper
+    network; the shallower one's second layer is NaN, its first as measured."""
+    values = {"experiment": "train", "family": ["crelu"], "sparsity": [0.5], "clip": [math.inf],
+              "width": [4], "depth": [1, 2], "lr": [0.01], "run_seed": [0], "epochs": 1,
+              "train_size": 64, "test_size": 32, "batch_size": 32, "seed": 2}  # fmt: skip
+    ds = written(tmp_path, values)
+    for key in TRAIN_PROVENANCE:
+        ds.attrs.pop(key)
+    xr.testing.assert_identical(schema.synthetic_store(grid.train_cell, **values), ds)
+    for name in ("q", "act_sparsity"):
+        assert ds[name].sel(depth=1, layer=2).isnull().all(), name
+        assert ds[name].sel(depth=1, layer=1).notnull().all(), name
+        assert ds[name].sel(depth=2).notnull().all(), name
+
+
+def test_synthetic_training_store_without_runs():
+    """Without a fill: NaN curves, diverged False, diverged_epoch -2 (not run), cells not done."""
+    ds = schema.synthetic_store(done=False, experiment="train", run_seed=[0, 1], depth=[2, 3])
+    assert ds.test_acc.isnull().all() and ds.q.isnull().all()
+    assert not ds.diverged.any() and (ds.diverged_epoch == -2).all() and not ds.cell_done.any()
+    assert ds.cell_done.dims == (
+        "family", "sparsity", "clip", "q_star", "width", "depth", "lr", "run_seed"
+    )  # fmt: skip
+    assert ds.sizes["layer"] == 3 and ds.sizes["epoch"] == 3 and "q_gp" not in ds
+
+
 def test_synthetic_store_refuses_a_bad_spec():
     with pytest.raises(ValueError, match="clip=-1: must be > 0"):
         schema.synthetic_store(clip=[-1])

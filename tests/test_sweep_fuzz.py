@@ -6,6 +6,9 @@ a second) and from everything else: numbers at and beyond the float limits, nan,
 huge integers, empty lists and malformed ranges. Valid but costly values (a depth of 1e5, say) are
 left out on purpose: they are valid, and only slow. The command runs in-process (``grid.main``, the
 code the command line runs), with hypothesis's example order fixed (``derandomize``).
+
+Training sweeps (``--experiment train``) are drawn the same way, from their own flags; their valid
+values are few, so that most valid runs reuse the network JAX compiled first.
 """
 
 from __future__ import annotations
@@ -97,12 +100,46 @@ def command_lines(draw) -> tuple[list[str], bool]:
 
 @pytest.fixture(scope="module", autouse=True)
 def warm_kernels(tmp_path_factory):
-    """One run first, so that compiling the Numba kernels does not count against the deadline."""
-    out = tmp_path_factory.mktemp("warm") / "w.zarr"
-    assert (
-        grid.main([*(f"--{k.replace('_', '-')}={v}" for k, v in BASE.items()), "--out", str(out)])
-        == 0
-    )
+    """One run of each experiment first, so that compiling the Numba kernels and the JAX network
+    does not count against the deadline."""
+    for base in (BASE, TRAIN_BASE):
+        out = tmp_path_factory.mktemp("warm") / "w.zarr"
+        argv = [*(f"--{k.replace('_', '-')}={v}" for k, v in base.items()), "--out", str(out)]
+        assert grid.main(argv) == 0
+
+
+TRAIN_FLAGS = {
+    "experiment": tokens("train", "init"),
+    "family": tokens("crelu", "relu"),
+    "sparsity": tokens("0.5", "0.8"),
+    "clip": tokens("inf"),
+    "q_star": tokens("1", "2"),
+    "width": tokens("4"),
+    "depth": tokens("1"),
+    "lr": tokens("0.01", "1e6", "1e-300", "0.1:1:2"),
+    "run_seed": tokens("0", "9223372036854775807", "0:1:2"),
+    "dataset": tokens("digits", "fashion-mnist", "mnist"),
+    "train_size": tokens("64", "100000"),
+    "test_size": tokens("32", "100000"),
+    "epochs": tokens("1"),
+    "optimizer": tokens("sgd", "adam", "rmsprop"),
+    "schedule": tokens("constant", "cosine", "step"),
+    "warmup": tokens("0", "0.5", "1"),
+    "batch_size": tokens("32", "65"),
+    "output_gain": tokens("1", "0", "1e300"),
+    "probe_size": tokens("16", "100000"),
+    "seed": tokens("0", "7"),
+    "nets": tokens("2"),
+    "data": st.sampled_from(["", "/nonexistent", "/tmp"]),
+}
+"""Every flag of a training sweep, with valid values that mostly keep the network's compiled
+programs (so that a valid run takes a fraction of a second after the first), and two flags that
+belong to the other experiment (``--experiment init``, ``--nets``)."""
+
+TRAIN_BASE = {"experiment": "train", "family": "crelu", "sparsity": "0.5", "clip": "inf",
+              "width": "4", "depth": "1", "epochs": "1", "train_size": "64", "test_size": "32",
+              "batch_size": "32", "probe_size": "16", "optimizer": "sgd", "n_jobs": "1"}  # fmt: skip
+"""A tiny valid training sweep (ReLU, one hidden layer of 4, one epoch on 64 digits)."""
 
 
 @settings(
@@ -116,6 +153,32 @@ def warm_kernels(tmp_path_factory):
 @example(case=(argv_of(BASE | {"clip": "1e155,1e308,1.7976931348623157e308"}), False))  # issue 12
 @example(case=(argv_of(BASE | {"sparsity": "0.999999", "clip": "1e-300"}), False))
 def test_every_flag_either_runs_or_is_one_line(capsys, case):
+    check_one_line_or_runs(capsys, case)
+
+
+@st.composite
+def train_command_lines(draw) -> tuple[list[str], bool]:
+    """(argv of a training sweep without --out, whether --out was drawn)."""
+    drawn = draw(st.dictionaries(st.sampled_from(sorted(TRAIN_FLAGS)), st.just(None), max_size=4))
+    values = {name: draw(TRAIN_FLAGS[name]) for name in drawn}
+    return argv_of(TRAIN_BASE | values), False
+
+
+@settings(
+    max_examples=40,
+    deadline=timedelta(seconds=60),
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(train_command_lines())
+@example(case=(argv_of(TRAIN_BASE | {"lr": "1e6", "optimizer": "sgd"}), False))  # diverges
+@example(case=(argv_of(TRAIN_BASE | {"output_gain": "1e6"}), False))  # the largest allowed
+def test_every_training_flag_either_runs_or_is_one_line(capsys, case):
+    check_one_line_or_runs(capsys, case)
+
+
+def check_one_line_or_runs(capsys, case) -> None:
     argv, own_out = case
     capsys.readouterr()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,545 @@
+"""Training sweeps: final accuracy, hidden sparsity through training, and the link between the
+initialisation theory (and Monte Carlo) and what trains.
+
+    python -m analysis.training STORE [--table accuracy|pairs|sparsity|link|correlations]
+        [--init INIT_STORE]
+
+A training store is written by ``python -m simulate.grid --experiment train`` (schema:
+:mod:`simulate.schema`; ``attrs["experiment"] == "train"``): one training run per cell (family,
+sparsity | tau, clip, q*, width, depth, lr, run_seed). A *configuration* is a cell without its run
+seed; every table has one row per configuration with a finished run, with statistics over its
+finished runs (the seeds). ``--init`` names a Monte Carlo store of the same activations (``python -m
+simulate.grid``) for the link.
+
+Definitions.
+
+- Final epoch of a run: the sweep's last epoch E, or for a diverged run ``diverged_epoch``, the
+  epoch whose loss was not finite (its last measurement; later epochs are NaN). A run's final
+  accuracy is the accuracy measured at its final epoch, so a diverged run counts with what its
+  network predicted when it stopped (with NaN logits every image gets the first class: about
+  chance). Mean and sd (ddof = 1; blank for one run) over the runs; ``best_test_acc`` is the mean
+  over the runs of the highest test accuracy over epochs.
+- Theory window of a clipped cell of a named family: [gp.min_gradient_clip, gp.max_stable_clip] at
+  its GP sparsity and q* (:func:`analysis.instability.theory_window`); ``window`` is "inside",
+  "below", "above", "unclipped", or "none" (a user shape, which has no window).
+- Hidden sparsity of a run at epoch e on a probe batch: the fraction of exact zeros of phi(h^l)
+  averaged over its L hidden layers, s_bar^e = (1/L) sum_l s^{e,l}; mean over the runs that did not
+  diverge (a network with NaN weights has no sparsity). Its spread over layers is the smallest and
+  largest s^{E,l} of the run-mean profile at the last epoch E. A configuration *stays at the target*
+  when |s_bar^E - s_target| <= ``SPARSITY_TOL`` on the test probe, s_target = ``gp_sparsity`` (the
+  GP sparsity at q*, the sweep's target).
+- Clipped against unclipped (``pairs``): at equal (family, sparsity | tau, q*, width, depth, lr),
+  each clipped configuration's mean final test accuracy minus the unclipped one's,
+  diff = a_c - a_u, with the standard error se = sqrt(sd_c^2 / n_c + sd_u^2 / n_u).
+- The link (``link``): per configuration, V'(q*) (``v_slope``), the window, the final test
+  accuracy; with an init store, from its cell of the same activation (family, threshold, clip, q*)
+  and width: the fraction of networks staying at q* to the init store's depth
+  (:func:`analysis.instability.stability_table`), the KM median escape depth
+  (:func:`analysis.instability.escape_table`; inf: not reached) and the fraction escaped within the
+  training network's depth. The training network's hidden pre-activations h^1..h^L and the Monte
+  Carlo's layers 0..L-1 both start at q*, so "escaped within depth L" is
+  0 <= escape_layer <= L - 1 (NaN when the init store is shallower than L - 1).
+- ``correlations``: Spearman's rank correlation (two-sided p-value, scipy) between the mean final
+  test accuracy and each predictor (V'(q*); with an init store the Monte Carlo fraction at q* and
+  escaped fraction) over the configurations of each (width, depth, lr), and over all of them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+from simulate import schema
+from simulate.activations import Activation
+
+from ._cli import CommandError, Parser, run_cli
+from ._store import Results, StoreError, _load, _open
+from ._table import markdown_table
+from .instability import SPARSITY_TOL, theory_window
+from .tables import Tables
+
+RUN_DIMS = ("width", "depth", "lr")
+"""The run axes of a configuration (besides the parameter axes); ``run_seed`` indexes its runs."""
+
+READ_PARAMS = (
+    "v_slope",
+    "gp_sparsity",
+    "act_knots",
+    "act_values",
+    "act_left_slope",
+    "act_right_slope",
+)
+"""Per-parameter variables the analysis reads."""
+
+PREDICTORS = {
+    "v_slope": "V'(q*)",
+    "mc_frac_stay": "MC fraction at q*",
+    "mc_frac_escaped": "MC fraction escaped within depth L",
+}
+"""Initialisation statistics set against the final test accuracy (column -> name)."""
+
+
+class TrainingResults:
+    """A validated, in-memory training store (module docstring)."""
+
+    def __init__(self, ds: xr.Dataset, path: Path | str = "<memory>"):
+        self.path = Path(path)
+        _validate(ds, self.path)
+        self.ds = _load(ds, self.path)
+
+    @property
+    def param_dims(self) -> tuple[str, ...]:
+        """The parameter axes: family, sparsity | tau, clip, q_star."""
+        return tuple(self.ds["v_slope"].dims)
+
+    @property
+    def config_dims(self) -> tuple[str, ...]:
+        """The axes of a configuration: the parameter axes and width, depth, lr."""
+        return (*self.param_dims, *RUN_DIMS)
+
+    @property
+    def threshold(self) -> str:
+        """``sparsity`` or ``tau``: the axis that sets the threshold."""
+        return "sparsity" if "sparsity" in self.param_dims else "tau"
+
+    @property
+    def epochs(self) -> int:
+        return self.ds.sizes["epoch"] - 1
+
+    @cached_property
+    def done(self) -> xr.DataArray:
+        return self.ds["cell_done"].astype(bool)
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.done.size)
+
+    @property
+    def n_done(self) -> int:
+        return int(self.done.sum())
+
+    @property
+    def partial(self) -> bool:
+        return self.n_done < self.n_cells
+
+    def missing(self) -> list[dict]:
+        """The keys (every cell axis) of the runs the sweep has not finished."""
+        return Results._keys(~self.done)
+
+    def activation(self, key: dict) -> Activation:
+        """The activation of the parameter point ``key`` (other keys ignored)."""
+        return schema.activation_at(self.ds, key)
+
+    def coords(self, dim: str) -> list:
+        return [v.item() for v in self.ds[dim].values]
+
+
+def _validate(ds: xr.Dataset, path: Path) -> None:
+    cell = ("run_seed", *RUN_DIMS)
+    required = {
+        **{name: (*cell, *var.dims) for name, var in schema.TRAIN_CELL_VARIABLES.items()},
+        "cell_done": cell,
+        **{name: schema.PARAM_VARIABLES[name].dims for name in READ_PARAMS},
+    }
+    missing = [name for name in required if name not in ds.variables]
+    if missing:
+        raise StoreError(f"{path}: not a complete training store, missing {', '.join(missing)}")
+    for name, dims in required.items():
+        lacking = [d for d in dims if d not in ds[name].dims]
+        if lacking:
+            raise StoreError(f"{path}: variable {name} lacks dimension(s) {', '.join(lacking)}")
+    absent = [d for d in ("family", "clip", "q_star") if d not in ds["v_slope"].dims]
+    if absent:
+        raise StoreError(f"{path}: training store without the axis(es) {', '.join(absent)}")
+
+
+def open_store(path: Path | str) -> Results | TrainingResults:
+    """A Monte Carlo store (:class:`analysis._store.Results`) or a training store
+    (:class:`TrainingResults`), told apart by ``attrs["experiment"]`` (init when absent)."""
+    path = Path(path)
+    ds = _open(path)
+    if ds.attrs.get("experiment") == "train":
+        return TrainingResults(ds, path)
+    return Results(ds, path)
+
+
+def open_init(path: Path | str) -> Results:
+    """The ``--init`` store: a Monte Carlo store on the Edge of Chaos, else StoreError."""
+    store = open_store(path)
+    if isinstance(store, TrainingResults) or not store.eoc:
+        kind = "a training store" if isinstance(store, TrainingResults) else "off the Edge of Chaos"
+        raise StoreError(
+            f"init={path}: is {kind}; give a Monte Carlo store on the Edge of Chaos "
+            "(python -m simulate.grid)"
+        )
+    return store
+
+
+def open_stores(
+    path: Path | str, init: Path | str | None = None
+) -> tuple[Results | TrainingResults, TrainingTables | None]:
+    """The store at ``path`` and, for a training store, its tables with the init store ``init``
+    (None for a Monte Carlo store; CommandError if ``init`` is given with one)."""
+    store = open_store(path)
+    if isinstance(store, TrainingResults):
+        return store, TrainingTables(store, open_init(init) if init else None)
+    if init:
+        raise CommandError(
+            f"init={init}: only for a training store, and {path} is a Monte Carlo store"
+        )
+    return store, None
+
+
+# -- per configuration --------------------------------------------------------------------------
+
+
+def _frame(data: xr.Dataset, dims: tuple[str, ...], keep: xr.DataArray) -> pd.DataFrame:
+    """One row per point of ``dims`` where ``keep``, in store order; columns: dims, variables."""
+    data = data.reset_coords(drop=True).assign(_keep=keep)
+    frame = data.to_dataframe(dim_order=list(dims)).reset_index()
+    frame = frame[frame["_keep"].astype(bool)].drop(columns="_keep")
+    return frame[[*dims, *(c for c in frame.columns if c not in dims)]].reset_index(drop=True)
+
+
+@contextmanager
+def _quiet():
+    """Means and sds of empty or one-run groups are NaN on purpose: no warnings about them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def final_epoch(tr: TrainingResults) -> xr.DataArray:
+    """Per cell: E, or ``diverged_epoch`` for a diverged run (module docstring)."""
+    return xr.where(tr.ds["diverged"], tr.ds["diverged_epoch"], tr.epochs)
+
+
+def accuracy_table(tr: TrainingResults) -> pd.DataFrame:
+    """Per configuration: finished runs, diverged runs, final test and train accuracy (mean, sd)
+    and the mean best test accuracy over epochs (module docstring)."""
+    ds, done = tr.ds, tr.done
+    final = final_epoch(tr)
+    runs = xr.Dataset(
+        {
+            "test_acc": ds["test_acc"].isel(epoch=final),
+            "train_acc": ds["train_acc"].isel(epoch=final),
+            "best_test_acc": ds["test_acc"].max("epoch"),
+        }
+    ).where(done)
+    with _quiet():
+        table = xr.Dataset(
+            {
+                "n_runs": done.sum("run_seed"),
+                "n_diverged": (ds["diverged"] & done).sum("run_seed"),
+                "test_acc": runs["test_acc"].mean("run_seed"),
+                "test_acc_sd": runs["test_acc"].std("run_seed", ddof=1),
+                "train_acc": runs["train_acc"].mean("run_seed"),
+                "train_acc_sd": runs["train_acc"].std("run_seed", ddof=1),
+                "best_test_acc": runs["best_test_acc"].mean("run_seed"),
+            }
+        )
+    return _frame(table, tr.config_dims, done.any("run_seed"))
+
+
+def window_status(family: str, sparsity: float, q_star: float, clip: float) -> str:
+    """Where the clip level lies: "unclipped", "inside", "below" or "above" the theory window, or
+    "none" for a family without one (module docstring)."""
+    if not math.isfinite(clip):
+        return "unclipped"
+    low, high = theory_window(family, sparsity, q_star)
+    if math.isnan(low):
+        return "none"
+    return "below" if clip < low else "above" if clip > high else "inside"
+
+
+def theory_table(tr: TrainingResults) -> pd.DataFrame:
+    """Per parameter point: V'(q*), the GP sparsity and the window status."""
+    table = _frame(
+        tr.ds[["v_slope", "gp_sparsity"]],
+        tr.param_dims,
+        xr.ones_like(tr.ds["v_slope"], dtype=bool),
+    )
+    table["window"] = [
+        window_status(r.family, r.gp_sparsity, r.q_star, r.clip) for r in table.itertuples()
+    ]
+    return table
+
+
+def pairs_table(tr: TrainingResults, accuracy: pd.DataFrame, theory: pd.DataFrame) -> pd.DataFrame:
+    """Each clipped configuration against the unclipped one of the same (family, threshold, q*,
+    width, depth, lr): their mean final test accuracies, diff and its se (module docstring)."""
+    keys = [d for d in tr.config_dims if d != "clip"]
+    cols = ["test_acc", "test_acc_sd", "n_runs"]
+    finite = np.isfinite(accuracy["clip"].to_numpy(float))
+    clipped = accuracy[finite].merge(theory[[*tr.param_dims, "window"]], on=list(tr.param_dims))
+    unclipped = accuracy.loc[~finite, [*keys, *cols]].rename(
+        columns={
+            "test_acc": "unclipped_acc",
+            "test_acc_sd": "unclipped_acc_sd",
+            "n_runs": "n_unclipped",
+        }
+    )
+    table = clipped[[*keys, "clip", "window", *cols]].merge(unclipped, on=keys)
+    table["diff"] = table["test_acc"] - table["unclipped_acc"]
+    table["diff_se"] = np.sqrt(
+        table["test_acc_sd"] ** 2 / table["n_runs"]
+        + table["unclipped_acc_sd"] ** 2 / table["n_unclipped"]
+    )
+    return table
+
+
+def sparsity_profile(tr: TrainingResults) -> xr.DataArray:
+    """The hidden sparsity s^{e,l} per configuration, epoch, probe and layer: the mean over the
+    runs that did not diverge (NaN beyond the configuration's depth)."""
+    ok = tr.done & ~tr.ds["diverged"]
+    with _quiet():
+        return tr.ds["act_sparsity"].where(ok).mean("run_seed")
+
+
+def sparsity_table(tr: TrainingResults, profile: xr.DataArray) -> pd.DataFrame:
+    """Per configuration with a run that did not diverge: the target, the layer-mean hidden
+    sparsity at initialisation (test probe) and at the end (train and test probes), the smallest
+    and largest layer of the final profile (test probe), the largest |s_bar^e - target| over
+    epochs (test probe), and whether it stays at the target (module docstring). ``profile``: the
+    store's :func:`sparsity_profile`."""
+    ok = tr.done & ~tr.ds["diverged"]
+    target = tr.ds["gp_sparsity"]
+    with _quiet():
+        layer_mean = profile.mean("layer")  # (config, epoch, probe)
+        test = layer_mean.sel(probe="test", drop=True)
+        final = test.isel(epoch=-1, drop=True)
+        last = profile.isel(epoch=-1, drop=True).sel(probe="test", drop=True)
+        table = xr.Dataset(
+            {
+                "n_runs": ok.sum("run_seed"),
+                "target": target,
+                "init": test.isel(epoch=0, drop=True),
+                "final_train": layer_mean.isel(epoch=-1, drop=True).sel(probe="train", drop=True),
+                "final_test": final,
+                "layer_min": last.min("layer"),
+                "layer_max": last.max("layer"),
+                "max_drift": abs(test - target).max("epoch"),
+                "stays": abs(final - target) <= SPARSITY_TOL,
+            }
+        )
+    return _frame(table, tr.config_dims, ok.any("run_seed"))
+
+
+def link_table(
+    tr: TrainingResults,
+    accuracy: pd.DataFrame,
+    theory: pd.DataFrame,
+    init: Tables | None = None,
+) -> pd.DataFrame:
+    """Per configuration: V'(q*), the window and the final test accuracy; with ``init`` (the
+    tables of an init store), the Monte Carlo's fraction at q*, median escape depth and fraction
+    escaped within depth L (module docstring)."""
+    table = accuracy[[*tr.config_dims, "n_runs", "n_diverged", "test_acc", "test_acc_sd"]]
+    table = table.merge(theory[[*tr.param_dims, "v_slope", "window"]], on=list(tr.param_dims))
+    if init is not None:
+        table = pd.concat([table, _monte_carlo(tr, table, init)], axis=1)
+    return table
+
+
+def _monte_carlo(tr: TrainingResults, table: pd.DataFrame, init: Tables) -> pd.DataFrame:
+    """The init store's statistics for each row of ``table`` (NaN where it has no finished cell of
+    that activation and width); StoreError where its activation differs from the training store's."""
+    mc = init.results
+    keys = [*mc.param_dims, "width"]
+    out = pd.DataFrame(np.nan, index=table.index, columns=list(MC_COLUMNS))
+    if not set(keys) <= set(table.columns):  # another threshold axis: no cell matches
+        return out
+    finished = {tuple(key.values()) for key in Results._keys(mc.done)}
+    rows = [(i, {k: row[k] for k in keys}) for i, row in table.iterrows()]
+    rows = [(i, key) for i, key in rows if tuple(key.values()) in finished]
+    for _, key in rows:
+        _same_activation(tr, mc, key)
+    stats = init.stability[[*keys, "frac_stay"]].merge(
+        init.escape[[*keys, "median_escape"]], on=keys
+    )
+    stats = stats.set_index(keys)
+    for i, key in rows:
+        point = stats.loc[tuple(key.values())]
+        out.loc[i, "mc_frac_stay"] = float(point["frac_stay"])
+        out.loc[i, "mc_median_escape"] = float(point["median_escape"])
+        reach = int(table.loc[i, "depth"]) - 1
+        if reach <= mc.depth:
+            escape = mc.ds["escape_layer"].sel(key).values
+            out.loc[i, "mc_frac_escaped"] = float(((escape >= 0) & (escape <= reach)).mean())
+    return out
+
+
+MC_COLUMNS = ("mc_frac_stay", "mc_median_escape", "mc_frac_escaped")
+"""The link table's columns from an init store."""
+
+
+def _same_activation(tr: TrainingResults, init: Results, key: dict) -> None:
+    """StoreError unless both stores hold the same activation at ``key``."""
+    a, b = tr.activation(key).description(), init.activation(key).description()
+    same = all(np.allclose(a[k], b[k], rtol=1e-12, atol=0.0) for k in a)
+    if not same:
+        where = " ".join(f"{k}={v}" for k, v in key.items() if k != "width")
+        raise StoreError(
+            f"init={init.path}: its activation at {where} differs from the training store's "
+            f"({b} against {a}); give the Monte Carlo store of the same sweep"
+        )
+
+
+def correlations(link: pd.DataFrame) -> pd.DataFrame:
+    """Spearman's rho of each predictor in the link table with the mean final test accuracy, per
+    (width, depth, lr) and over all configurations (module docstring)."""
+    groups = [(dict(zip(RUN_DIMS, k, strict=True)), g) for k, g in link.groupby(list(RUN_DIMS))]
+    if len(groups) > 1:
+        groups.append(({d: "all" for d in RUN_DIMS}, link))
+    rows = []
+    for where, group in groups:
+        for column, name in PREDICTORS.items():
+            if column not in group:
+                continue
+            x, y = group[column].to_numpy(float), group["test_acc"].to_numpy(float)
+            ok = np.isfinite(x) & np.isfinite(y)
+            rho = p = math.nan
+            if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+                rho, p = stats.spearmanr(x[ok], y[ok])
+            rows.append({**where, "predictor": name, "n": int(ok.sum()), "rho": rho, "p_value": p})
+    return pd.DataFrame(rows)
+
+
+def pooled(correlations: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a :func:`correlations` table over every configuration: the ``all`` group, or
+    the one (width, depth, lr) group there is."""
+    every = correlations["width"].astype(str) == "all"
+    return correlations[every] if every.any() else correlations
+
+
+# -- through training ---------------------------------------------------------------------------
+
+
+def epoch_curves(tr: TrainingResults, profile: xr.DataArray) -> xr.Dataset:
+    """Per configuration and epoch: the test accuracy (mean, min and max over the runs), the train
+    accuracy and test loss (means over the runs; finite losses only; epochs after a run diverged
+    are not in its statistics), and on the test probe the hidden sparsity (``profile``: the store's
+    :func:`sparsity_profile`) over layers and its layer mean, smallest and largest layer."""
+    ds, done = tr.ds, tr.done
+    with _quiet():
+        acc = ds["test_acc"].where(done)
+        loss = ds["test_loss"].where(done & np.isfinite(ds["test_loss"]))
+        test = profile.sel(probe="test", drop=True)
+        return xr.Dataset(
+            {
+                "test_acc": acc.mean("run_seed"),
+                "test_acc_min": acc.min("run_seed"),
+                "test_acc_max": acc.max("run_seed"),
+                "train_acc": ds["train_acc"].where(done).mean("run_seed"),
+                "test_loss": loss.mean("run_seed"),
+                "profile": test,
+                "sparsity_mean": test.mean("layer"),
+                "sparsity_min": test.min("layer"),
+                "sparsity_max": test.max("layer"),
+            }
+        )
+
+
+def diverged_runs(tr: TrainingResults) -> pd.DataFrame:
+    """The finished runs that diverged: their cell and the epoch they stopped at."""
+    data = xr.Dataset({"diverged_epoch": tr.ds["diverged_epoch"]})
+    return _frame(data, (*tr.config_dims, "run_seed"), tr.done & tr.ds["diverged"])
+
+
+# -- tables, once ---------------------------------------------------------------------------------
+
+
+class TrainingTables:
+    """The tables of a training store (and the link to an init store), each computed once."""
+
+    def __init__(self, tr: TrainingResults, init: Results | None = None):
+        self.tr = tr
+        self.init = init
+        self.init_tables = None if init is None else Tables(init)
+
+    @cached_property
+    def accuracy(self) -> pd.DataFrame:
+        return accuracy_table(self.tr)
+
+    @cached_property
+    def theory(self) -> pd.DataFrame:
+        return theory_table(self.tr)
+
+    @cached_property
+    def pairs(self) -> pd.DataFrame:
+        return pairs_table(self.tr, self.accuracy, self.theory)
+
+    @cached_property
+    def profile(self) -> xr.DataArray:
+        return sparsity_profile(self.tr)
+
+    @cached_property
+    def sparsity(self) -> pd.DataFrame:
+        return sparsity_table(self.tr, self.profile)
+
+    @cached_property
+    def link(self) -> pd.DataFrame:
+        return link_table(self.tr, self.accuracy, self.theory, self.init_tables)
+
+    @cached_property
+    def correlations(self) -> pd.DataFrame:
+        return correlations(self.link)
+
+    @cached_property
+    def curves(self) -> xr.Dataset:
+        return epoch_curves(self.tr, self.profile)
+
+    @cached_property
+    def diverged(self) -> pd.DataFrame:
+        return diverged_runs(self.tr)
+
+
+def with_sd(table: pd.DataFrame) -> pd.DataFrame:
+    """For display: each column ``x`` with a column ``x_sd`` becomes ``mean ± sd`` text (the sd
+    left out where it is NaN: one run)."""
+    table = table.copy()
+    for column in [c for c in table.columns if f"{c}_sd" in table.columns]:
+        sd = table.pop(f"{column}_sd")
+        table[column] = [
+            "" if math.isnan(m) else f"{m:.3f}" + ("" if math.isnan(s) else f" ± {s:.3f}")
+            for m, s in zip(table[column], sd, strict=True)
+        ]
+    return table
+
+
+TABLES = {
+    "accuracy": lambda t: with_sd(t.accuracy),
+    "pairs": lambda t: with_sd(t.pairs),
+    "sparsity": lambda t: t.sparsity,
+    "link": lambda t: with_sd(t.link),
+    "correlations": lambda t: t.correlations,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="python -m analysis.training", description="Tables of a training store.")
+    parser.add_argument("results", help="training store (.zarr directory or .nc file)")
+    parser.add_argument("--table", choices=sorted(TABLES), default="accuracy")
+    parser.add_argument("--init", help="Monte Carlo store of the same activations (for the link)")
+    args = parser.parse_args(argv)
+    store = open_store(args.results)
+    if not isinstance(store, TrainingResults):
+        raise StoreError(
+            f"{args.results}: a Monte Carlo store, not a training store "
+            "(python -m simulate.grid --experiment train writes one)"
+        )
+    init = open_init(args.init) if args.init else None
+    print(markdown_table(TABLES[args.table](TrainingTables(store, init))))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
