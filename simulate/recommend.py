@@ -129,13 +129,7 @@ def correlation_gap(act, q_star, sigma_w2, sigma_b2, depth, c0=0.5) -> float:
 
 
 def _check(family, sparsity, depth, width, q_star, nets, seed):
-    if family not in FAMILIES:
-        raise ValueError(f"family={family!r}: must be one of {', '.join(FAMILIES)}")
-    low = 0.5 if family == "crelu" else 0.0
-    if not (math.isfinite(sparsity) and low <= sparsity < 1):
-        raise ValueError(f"sparsity={sparsity!r}: must be in [{low}, 1) for {family}")
-    if not (math.isfinite(q_star) and q_star > 0):
-        raise ValueError(f"q_star={q_star!r}: must be finite and > 0")
+    Activation.from_sparsity(family, sparsity, q_star)  # family, sparsity and q* (its own errors)
     for name, value, lowest in (("depth", depth, 1), ("width", width, 1), ("nets", nets, 1)):
         if value < lowest:
             raise ValueError(f"{name}={value!r}: must be an integer >= {lowest}")
