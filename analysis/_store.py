@@ -124,8 +124,51 @@ def _scalar(value):
     return str(value) if isinstance(value, str | np.str_) else value
 
 
-class Results:
+class CellProgress:
+    """How far a sweep got, for a store ``self.ds`` with a ``cell_done`` flag per cell."""
+
+    @cached_property
+    def done(self) -> xr.DataArray:
+        return self.ds["cell_done"].astype(bool)
+
+    @property
+    def n_cells(self) -> int:
+        """Cells of the sweep's grid (parameter points x widths)."""
+        return int(self.done.size)
+
+    @property
+    def n_done(self) -> int:
+        return int(self.done.sum())
+
+    @property
+    def partial(self) -> bool:
+        """True when the sweep has not finished every cell (interrupted, or damaged and reset)."""
+        return self.n_done < self.n_cells
+
+    @staticmethod
+    def _keys(mask: xr.DataArray) -> list[dict]:
+        stacked = mask.stack(_cell=mask.dims)
+        return [
+            {d: _scalar(stacked[d].values[i]) for d in mask.dims}
+            for i in np.flatnonzero(stacked.values)
+        ]
+
+    def missing(self) -> list[dict]:
+        """The keys (every cell axis) of the cells the sweep has not finished."""
+        return self._keys(~self.done)
+
+
+class Results(CellProgress):
     """A validated, in-memory results store (see the module docstring for the layout)."""
+
+    def param_keys(self) -> list[dict]:
+        """Every point of the parameter grid (without width), finished or not."""
+        return self._keys(xr.ones_like(self.done.any("width")))
+
+    def activation(self, key: dict) -> Activation:
+        """The activation of the parameter point ``key`` (a width in it is ignored), rebuilt from
+        its stored description."""
+        return schema.activation_at(self.ds, key)
 
     def __init__(self, ds: xr.Dataset, path: Path | str = "<memory>"):
         self.path = Path(path)
@@ -166,45 +209,6 @@ class Results:
                 )
             return float(q_star)
         return float(raw)
-
-    @cached_property
-    def done(self) -> xr.DataArray:
-        return self.ds["cell_done"].astype(bool)
-
-    @property
-    def n_cells(self) -> int:
-        """Cells of the sweep's grid (parameter points x widths)."""
-        return int(self.done.size)
-
-    @property
-    def n_done(self) -> int:
-        return int(self.done.sum())
-
-    @property
-    def partial(self) -> bool:
-        """True when the sweep has not finished every cell (interrupted, or damaged and reset)."""
-        return self.n_done < self.n_cells
-
-    @staticmethod
-    def _keys(mask: xr.DataArray) -> list[dict]:
-        stacked = mask.stack(_cell=mask.dims)
-        return [
-            {d: _scalar(stacked[d].values[i]) for d in mask.dims}
-            for i in np.flatnonzero(stacked.values)
-        ]
-
-    def param_keys(self) -> list[dict]:
-        """Every point of the parameter grid (without width), finished or not."""
-        return self._keys(xr.ones_like(self.done.any("width")))
-
-    def activation(self, key: dict) -> Activation:
-        """The activation of the parameter point ``key`` (a width in it is ignored), rebuilt from
-        its stored description."""
-        return schema.activation_at(self.ds, key)
-
-    def missing(self) -> list[dict]:
-        """The keys (parameter dimensions and width) of the cells the sweep has not finished."""
-        return self._keys(~self.done)
 
     def cells(self, **where) -> Iterator[Cell]:
         """Every finished cell, optionally restricted by coordinate values (``clip=math.inf``)."""

@@ -61,7 +61,7 @@ from simulate import schema
 from simulate.activations import Activation
 
 from ._cli import CommandError, Parser, run_cli
-from ._store import Results, StoreError, _load, _open
+from ._store import CellProgress, Results, StoreError, _load, _open
 from ._table import markdown_table
 from .instability import SPARSITY_TOL, theory_window
 from .tables import Tables
@@ -87,7 +87,7 @@ PREDICTORS = {
 """Initialisation statistics set against the final test accuracy (column -> name)."""
 
 
-class TrainingResults:
+class TrainingResults(CellProgress):
     """A validated, in-memory training store (module docstring)."""
 
     def __init__(self, ds: xr.Dataset, path: Path | str = "<memory>"):
@@ -113,26 +113,6 @@ class TrainingResults:
     @property
     def epochs(self) -> int:
         return self.ds.sizes["epoch"] - 1
-
-    @cached_property
-    def done(self) -> xr.DataArray:
-        return self.ds["cell_done"].astype(bool)
-
-    @property
-    def n_cells(self) -> int:
-        return int(self.done.size)
-
-    @property
-    def n_done(self) -> int:
-        return int(self.done.sum())
-
-    @property
-    def partial(self) -> bool:
-        return self.n_done < self.n_cells
-
-    def missing(self) -> list[dict]:
-        """The keys (every cell axis) of the runs the sweep has not finished."""
-        return Results._keys(~self.done)
 
     def activation(self, key: dict) -> Activation:
         """The activation of the parameter point ``key`` (other keys ignored)."""
