@@ -80,14 +80,19 @@ def _load(ds: xr.Dataset, path: Path) -> xr.Dataset:
     return ds
 
 
-def _validate(ds: xr.Dataset, path: Path) -> None:
-    missing = [name for name in REQUIRED if name not in ds.variables]
+def check_variables(ds: xr.Dataset, path: Path, required: dict, kind: str) -> None:
+    """StoreError unless ``ds`` has every variable of ``required`` (name -> dims) with its dims."""
+    missing = [name for name in required if name not in ds.variables]
     if missing:
-        raise StoreError(f"{path}: not a complete results store, missing {', '.join(missing)}")
-    for name, dims in REQUIRED.items():
+        raise StoreError(f"{path}: not a complete {kind}, missing {', '.join(missing)}")
+    for name, dims in required.items():
         lacking = [d for d in dims if d not in ds[name].dims]
         if lacking:
             raise StoreError(f"{path}: variable {name} lacks dimension(s) {', '.join(lacking)}")
+
+
+def _validate(ds: xr.Dataset, path: Path) -> None:
+    check_variables(ds, path, REQUIRED, "results store")
     absent = [p for p in (*PER_CELL, "family", "clip") if p not in ds.variables]
     if absent:
         raise StoreError(f"{path}: parameter(s) {', '.join(absent)} neither dimension nor variable")

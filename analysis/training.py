@@ -61,7 +61,7 @@ from simulate import schema
 from simulate.activations import Activation
 
 from ._cli import CommandError, Parser, run_cli
-from ._store import CellProgress, Results, StoreError, _load, _open
+from ._store import CellProgress, Results, StoreError, _load, _open, check_variables
 from ._table import markdown_table
 from .instability import SPARSITY_TOL, theory_window
 from .tables import Tables
@@ -129,13 +129,7 @@ def _validate(ds: xr.Dataset, path: Path) -> None:
         "cell_done": cell,
         **{name: schema.PARAM_VARIABLES[name].dims for name in READ_PARAMS},
     }
-    missing = [name for name in required if name not in ds.variables]
-    if missing:
-        raise StoreError(f"{path}: not a complete training store, missing {', '.join(missing)}")
-    for name, dims in required.items():
-        lacking = [d for d in dims if d not in ds[name].dims]
-        if lacking:
-            raise StoreError(f"{path}: variable {name} lacks dimension(s) {', '.join(lacking)}")
+    check_variables(ds, path, required, "training store")
     absent = [d for d in ("family", "clip", "q_star") if d not in ds["v_slope"].dims]
     if absent:
         raise StoreError(f"{path}: training store without the axis(es) {', '.join(absent)}")

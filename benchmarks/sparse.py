@@ -23,10 +23,11 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
 
 import argparse  # noqa: E402
 import math  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
-from numba import njit  # noqa: E402
+
+# the RNG floor and the timer of the engines benchmark (a sibling script: run from any directory)
+from engines import draw_normals, interleaved_best  # noqa: E402
 
 from simulate import gp  # noqa: E402
 from simulate.activations import Activation  # noqa: E402
@@ -36,27 +37,6 @@ from simulate.engines.sparse import sloped_mass  # noqa: E402
 DEPTH, CHUNK = 100, 10
 SPARSITIES = (0.5, 0.7, 0.85, 0.9)
 HEADLINE = 0.85
-
-
-@njit(cache=True, nogil=True)
-def draw_normals(rng, n):
-    """The floor: n standard normals from ``rng``, one call each (summed so nothing is optimised out)."""
-    total = 0.0
-    for _ in range(n):
-        total += rng.standard_normal()
-    return total
-
-
-def interleaved_best(fns, rounds):
-    """Minimum wall time of each function over ``rounds`` round-robin calls (the machine may be
-    shared: interleaving exposes every candidate to the same load, the minimum drops interference)."""
-    times = dict.fromkeys(fns, math.inf)
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name] = min(times[name], time.perf_counter() - start)
-    return times
 
 
 def cell(sparsity: float, n_inputs: int, engine: str, width: int, nets: int):
