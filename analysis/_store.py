@@ -3,9 +3,28 @@
 A store is one xarray Dataset (a ``.zarr`` directory or a ``.nc`` file) in the schema of
 :mod:`simulate.schema`: the parameter grid (``family``, ``sparsity`` or ``tau``, ``clip``, and
 ``q_star`` on the Edge of Chaos or ``sigma_w2``/``sigma_b2`` off it), then ``width``, ``net``,
-``layer`` and ``input``. A *cell* is one point of the parameter grid at one width; ``cell_done``
-marks the cells the sweep has finished. Each parameter point's activation is rebuilt from its
-stored description (``schema.activation_at``), so the analysis needs no family's formulas.
+``layer`` and ``input`` (and ``pair``). A *cell* is one point of the parameter grid at one width;
+``cell_done`` marks the cells the sweep has finished. Each parameter point's activation is rebuilt
+from its stored description (``schema.activation_at``), so the analysis needs no family's formulas.
+
+Streaming. :class:`Results` reads into memory only what is small: the coordinates, the per-parameter
+variables and ``cell_done``. A cell's variables are read when the cell is visited
+(:meth:`Results.cells`; one chunk per variable in a store of ``simulate.grid``), and only those the
+caller names (``read``), so a table's peak memory is that of one cell whatever the store's size.
+
+What was recorded. ``layer`` holds the recorded layers (every layer, or 0, k, 2k, ..., depth with
+``record_every = k``): the analysis uses its values, never positions. A summary store
+(``record = "summary"``) has no per-layer variables, only per-network summaries and escape layers;
+:attr:`Results.per_layer` tells the two apart, and :data:`PER_LAYER_ONLY` lists what needs layers.
+
+The variance observable. A store records the empirical variance ``q`` = (1/N) sum_i h_i^2 (not
+by the sparse engine, which never draws every unit: there q is NaN) and the conditional variance
+``v`` = sigma_w^2 (1/N) sum_i phi(h_i)^2 + sigma_b^2 (every engine), each with its correlation and
+tangent gain (:data:`OBSERVED`). The analysis works from one of them per store,
+:attr:`Results.observable`: **the one the sweep detected escapes on** (the attribute
+``escape_on``), so that escapes, network fates and fits refer to the same quantity; a store
+without that attribute detected escapes on q, and uses q, unless its q is not recorded (NaN), then
+v. The 1/N theory of each is in :mod:`analysis.theory`.
 """
 
 from __future__ import annotations
@@ -22,20 +41,37 @@ import xarray as xr
 from simulate import schema
 from simulate.activations import Activation
 
-READ = ("q", "corr", "zero_frac", "log_gain", "escape_layer")
-"""The per-cell variables the analysis reads (the schema may hold more)."""
+OBSERVED = {"q": ("q", "corr", "log_gain"), "v": ("v", "v_corr", "v_log_gain")}
+"""Variance observable -> the store's (variance, correlation, tangent log-gain) variables."""
+
+FINAL = {"q": "final_q", "v": "final_v", "zero_frac": "final_zero_frac"}
+"""Per-layer variable -> its per-network summary at the last layer reached (escape layer, else
+depth), when the store has it."""
+
+PER_LAYER_ONLY = {
+    "fit": "the fit verdicts (Monte Carlo against the GP and 1/N theory layer by layer)",
+    "trajectories": "the trajectories figure (the variance through depth)",
+    "zero_frac_corr": "the zero-fraction and correlation figures through depth",
+    "correlation_map": "the empirical correlation map c^(l+1) against c^l",
+    "sigma_gain": "the measured tangent gain of the off-EoC table (ln mean gain over the second "
+    "half of the layers)",
+}
+"""What needs the per-layer variables (absent from a summary store), in words."""
 
 REQUIRED = {
-    **{name: ("width", *schema.CELL_VARIABLES[name].dims) for name in READ},
+    "escape_layer": ("width", *schema.CELL_VARIABLES["escape_layer"].dims),
     "cell_done": ("width",),
     **{
         name: var.dims
         for name, var in schema.PARAM_VARIABLES.items()
-        if name not in schema.AXIS_VARIABLES
+        if name not in (*schema.AXIS_VARIABLES, "q_gp")
     },
 }
-"""The variables the analysis reads, with the dimensions the schema gives each (besides the
-parameter grid)."""
+"""The variables the analysis reads in every store, with the dimensions the schema gives each
+(besides the parameter grid)."""
+
+REQUIRED_PER_LAYER = {"zero_frac": ("width", *schema.CELL_VARIABLES["zero_frac"].dims)}
+"""... and in a store with per-layer records (besides q or v)."""
 
 PER_CELL = schema.AXIS_VARIABLES
 """Per-cell parameters: a dimension of the grid or a variable over the parameter dimensions."""
@@ -45,7 +81,9 @@ class StoreError(Exception):
     """A results store that is missing, unreadable or lacks what the analysis needs (one line)."""
 
 
-def _open(path: Path) -> xr.Dataset:
+def open_dataset(path: Path) -> xr.Dataset:
+    """The store at ``path`` opened lazily (a ``.zarr`` directory or a ``.nc`` file); StoreError
+    (one line) when it is missing or unreadable."""
     if not path.exists():
         raise StoreError(f"{path}: no such results store")
     is_zarr = path.suffix == ".zarr" or (
@@ -54,7 +92,9 @@ def _open(path: Path) -> xr.Dataset:
     if not is_zarr and path.suffix not in (".nc", ".nc4", ".netcdf"):
         raise StoreError(f"{path}: not a results store (expected a .zarr directory or a .nc file)")
     try:
-        return xr.open_zarr(path) if is_zarr else xr.open_dataset(path)
+        if is_zarr:
+            return xr.open_zarr(path, chunks=None)  # lazily indexed: a selection reads its chunks
+        return xr.open_dataset(path)
     except Exception as err:  # any reader failure is a bad store, reported in one line
         raise StoreError(f"{path}: cannot be read as a results store ({_reason(err)})") from err
 
@@ -64,9 +104,10 @@ def _reason(err: Exception) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-def _load(ds: xr.Dataset, path: Path) -> xr.Dataset:
-    """Read every variable into memory; a chunk that cannot be decoded (a damaged store: zarr's
-    checksum, the compressor or the format reader complains) is a StoreError naming the variable."""
+def load_dataset(ds: xr.Dataset, path: Path) -> xr.Dataset:
+    """Read every variable of ``ds`` into memory; a chunk that cannot be decoded (a damaged store:
+    zarr's checksum, the compressor or the format reader complains) is a StoreError naming the
+    variable."""
     for name, variable in ds.variables.items():
         try:
             variable.load()
@@ -78,6 +119,22 @@ def _load(ds: xr.Dataset, path: Path) -> xr.Dataset:
                 "it asks) recomputes the damaged cells"
             ) from err
     return ds
+
+
+READ_BLOCK = 2**22
+"""Bytes read at a time when checking a variable's chunks (:func:`check_readable`)."""
+
+
+def check_readable(array: xr.DataArray, path: Path) -> None:
+    """Decode every chunk of ``array``, a block of at most ``READ_BLOCK`` bytes at a time (split
+    along its leading dimensions) and nothing kept: a damaged chunk is a StoreError naming the
+    variable (:func:`load_dataset`) before any analysis, in memory independent of the store's size."""
+    lead, block = 0, array.size * array.dtype.itemsize
+    while lead < array.ndim - 1 and block > READ_BLOCK:
+        block //= max(array.shape[lead], 1)
+        lead += 1
+    for index in np.ndindex(array.shape[:lead]):
+        load_dataset(array[index].to_dataset(name=str(array.name)), path)
 
 
 def check_variables(ds: xr.Dataset, path: Path, required: dict, kind: str) -> None:
@@ -92,11 +149,20 @@ def check_variables(ds: xr.Dataset, path: Path, required: dict, kind: str) -> No
 
 
 def _validate(ds: xr.Dataset, path: Path) -> None:
-    check_variables(ds, path, REQUIRED, "results store")
+    per_layer = "layer" in ds.dims
+    check_variables(ds, path, REQUIRED | (REQUIRED_PER_LAYER if per_layer else {}), "results store")
+    if per_layer and not any(OBSERVED[obs][0] in ds.variables for obs in OBSERVED):
+        raise StoreError(
+            f"{path}: not a complete results store, missing q and v (neither recorded)"
+        )
+    if not per_layer and not any(FINAL[obs] in ds.variables for obs in OBSERVED):
+        raise StoreError(
+            f"{path}: not a complete results store, no layer records and no final_q or final_v"
+        )
     absent = [p for p in (*PER_CELL, "family", "clip") if p not in ds.variables]
     if absent:
         raise StoreError(f"{path}: parameter(s) {', '.join(absent)} neither dimension nor variable")
-    if "depth" not in ds.attrs and "layer" not in ds.dims:
+    if "depth" not in ds.attrs and not per_layer:
         raise StoreError(f"{path}: no depth attribute")
 
 
@@ -105,7 +171,10 @@ class Cell:
     """One finished cell: its parameters, the activation and initialisation, and its data.
 
     ``q_ref`` is the reference variance of the escape band (q* on the Edge of Chaos, q0 off it);
-    ``data`` holds the cell's trajectories over ``net``, ``layer`` (and ``input``).
+    ``data`` holds the cell's variables that were read (:meth:`Results.cells`), in memory, over
+    ``net``, ``layer`` (the recorded layers), ``input`` and ``pair``, and its parameters;
+    ``observable`` ("q" or "v", module docstring) names the variables :attr:`variance`,
+    :attr:`correlation` and :attr:`log_gain` read.
     """
 
     key: dict
@@ -117,6 +186,47 @@ class Cell:
     width: int
     target_sparsity: float
     data: xr.Dataset
+    observable: str = "q"
+
+    @property
+    def variance(self) -> xr.DataArray:
+        """The variance observable per (net, layer, input): q or v."""
+        return self.data[OBSERVED[self.observable][0]]
+
+    @property
+    def correlation(self) -> xr.DataArray:
+        """The inputs' correlation per (net, layer[, pair]): corr (of q) or v_corr (of v); NaN
+        for a store of one input per network."""
+        name = OBSERVED[self.observable][1]
+        if name in self.data:
+            return self.data[name]
+        return xr.full_like(self.log_gain, np.nan)
+
+    @property
+    def log_gain(self) -> xr.DataArray:
+        """The tangent's log-gain per (net, layer): log_gain (of q) or v_log_gain (of v)."""
+        return self.data[OBSERVED[self.observable][2]]
+
+    @property
+    def layers(self) -> np.ndarray:
+        """The recorded layers (their numbers)."""
+        return self.data["layer"].values
+
+    def final(self, name: str) -> np.ndarray:
+        """Per (net, input): the variable ``name`` ("q", "v" or "zero_frac") at the last layer
+        each network reached, r = its escape layer, else the depth: the per-network summary
+        (``FINAL``) when the store has it (finite), else the trajectory at layer r (NaN where r
+        was not recorded)."""
+        summary = FINAL[name]
+        if summary in self.data and np.isfinite(self.data[summary].values).any():
+            return self.data[summary].transpose("net", "input").values.astype(float)
+        values = self.data[name].transpose("net", "layer", "input").values.astype(float)
+        escape = self.data["escape_layer"].values
+        last = np.where(escape >= 0, escape, self.layers[-1])
+        index = np.searchsorted(self.layers, last)
+        recorded = self.layers[np.minimum(index, self.layers.size - 1)] == last
+        picked = values[np.arange(values.shape[0]), np.minimum(index, self.layers.size - 1)]
+        return np.where(recorded[:, None], picked, np.nan)
 
     @property
     def params(self) -> dict:
@@ -164,7 +274,7 @@ class CellProgress:
 
 
 class Results(CellProgress):
-    """A validated, in-memory results store (see the module docstring for the layout)."""
+    """A validated results store, read cell by cell (see the module docstring)."""
 
     def param_keys(self) -> list[dict]:
         """Every point of the parameter grid (without width), finished or not."""
@@ -179,8 +289,73 @@ class Results(CellProgress):
         self.path = Path(path)
         if "pair" in ds.dims and ds.sizes["pair"] == 1:
             ds = ds.squeeze("pair", drop=True)
+        elif "pair" in ds.dims and ds.sizes["pair"] == 0:  # one input per network: no correlation
+            paired = [n for n in ds.data_vars if "pair" in ds[n].dims]
+            ds = ds.drop_vars([*paired, "pair", "input_a", "input_b"], errors="ignore")
         _validate(ds, self.path)
-        self.ds = _load(ds, self.path)
+        cell_dims = set(ds["cell_done"].dims)
+        self.cell_variables = tuple(
+            name for name in ds.data_vars if cell_dims <= set(ds[name].dims) and name != "cell_done"
+        )
+        """The variables with a value per cell: read cell by cell, never whole."""
+        small = ds.drop_vars(self.cell_variables)
+        load_dataset(small, self.path)
+        self.ds = ds.assign({name: small[name] for name in small.data_vars})
+        for name in self.cell_variables:
+            check_readable(self.ds[name], self.path)
+
+    @property
+    def per_layer(self) -> bool:
+        """True when the store has per-layer records (False: a summary store)."""
+        return "layer" in self.ds.dims
+
+    @property
+    def layers(self) -> np.ndarray:
+        """The recorded layers (empty in a summary store)."""
+        return self.ds["layer"].values if self.per_layer else np.array([], dtype=int)
+
+    @property
+    def pairs(self) -> int:
+        """Number of input pairs with a stored correlation (0: one input per network)."""
+        if OBSERVED[self.observable][1] not in self.ds.variables:
+            return 0
+        return self.ds.sizes.get("pair", 1)
+
+    def skipped(self) -> list[str]:
+        """One line per analysis the store's records do not allow (empty when nothing is
+        skipped)."""
+        if self.per_layer:
+            return []
+        relevant = {
+            "trajectories": self.eoc,
+            "zero_frac_corr": self.eoc,
+            "correlation_map": self.eoc and self.ds.sizes.get("pair", 1) > 0,
+            "sigma_gain": not self.eoc,
+        }
+        return [
+            f"- Not computed: {what}; it needs per-layer records."
+            for key, what in PER_LAYER_ONLY.items()
+            if relevant.get(key, True)
+        ]
+
+    @cached_property
+    def observable(self) -> str:
+        """ "q" or "v": the variance the analysis works from (the module docstring's rule)."""
+        declared = self.ds.attrs.get("escape_on")
+        if declared in OBSERVED:
+            return declared
+        name = "q" if self.per_layer else FINAL["q"]
+        if name not in self.ds.variables:
+            return "v"
+        done = self.done.values
+        if not done.any():
+            return "q"
+        first = dict(
+            zip(self.done.dims, np.unravel_index(np.argmax(done), done.shape), strict=True)
+        )
+        return (
+            "q" if np.isfinite(self._read(self.ds[[name]].isel(first))[name].values).any() else "v"
+        )
 
     @property
     def param_dims(self) -> tuple[str, ...]:
@@ -194,7 +369,8 @@ class Results(CellProgress):
 
     @property
     def depth(self) -> int:
-        return int(self.ds.attrs.get("depth", self.ds.sizes["layer"] - 1))
+        """The sweep's depth (its last layer)."""
+        return int(self.ds.attrs.get("depth", self.layers[-1] if self.per_layer else 0))
 
     @property
     def escape_factor(self) -> float:
@@ -202,7 +378,20 @@ class Results(CellProgress):
 
     @property
     def c0(self) -> float:
+        """The inputs' initial correlation when every pair shares it (``attrs["c0"]``), else NaN."""
         return float(self.ds.attrs.get("c0", math.nan))
+
+    @property
+    def pair_c0(self) -> np.ndarray:
+        """The initial correlation of each pair (one entry when the store has one pair): c0, or
+        the listed ``input_corr``; NaN for image inputs (their correlations are data)."""
+        n = max(self.ds.sizes.get("pair", 1), 1)
+        raw = self.ds.attrs.get("input_corr", self.c0)
+        try:
+            values = np.asarray(raw, dtype=float).ravel()
+        except ValueError:  # "images:NAME"
+            values = np.array([math.nan])
+        return np.broadcast_to(values if values.size in (1, n) else math.nan, (n,)).copy()
 
     def q0(self, q_star: float | None) -> float:
         """The initial variance: the attribute ``q0``, or q* when it says ``"q_star"``."""
@@ -215,17 +404,36 @@ class Results(CellProgress):
             return float(q_star)
         return float(raw)
 
-    def cells(self, **where) -> Iterator[Cell]:
-        """Every finished cell, optionally restricted by coordinate values (``clip=math.inf``)."""
+    def cells(self, read: tuple[str, ...] | None = None, **where) -> Iterator[Cell]:
+        """Every finished cell, optionally restricted by coordinate values (``clip=math.inf``),
+        one at a time, each with its variables ``read`` (names; the observable's are spelled
+        "variance", "correlation", "log_gain"; None: every cell variable) read into memory."""
         done = self.done
         if where:
             done = done.sel({k: [v] for k, v in where.items() if k in done.dims})
         for key in self._keys(done):
-            yield self.cell(key)
+            yield self.cell(key, read)
 
-    def cell(self, key: dict) -> Cell:
-        """The cell at ``key`` (every parameter dimension and ``width``)."""
-        data = self.ds.sel(key)
+    def _names(self, read: tuple[str, ...] | None) -> list[str]:
+        """The store's variables among ``read`` (module docstring of :meth:`cells`)."""
+        if read is None:
+            return list(self.cell_variables)
+        alias = dict(
+            zip(("variance", "correlation", "log_gain"), OBSERVED[self.observable], strict=True)
+        )
+        wanted = {alias.get(name, name) for name in read}
+        return [name for name in self.cell_variables if name in wanted]
+
+    def _read(self, data: xr.Dataset) -> xr.Dataset:
+        """``data`` read into memory; a damaged chunk is a StoreError naming its variable."""
+        return load_dataset(data, self.path)
+
+    def cell(self, key: dict, read: tuple[str, ...] | None = None) -> Cell:
+        """The cell at ``key`` (every parameter dimension and ``width``), its variables ``read``
+        (:meth:`cells`) in memory."""
+        names = self._names(read)
+        small = [n for n in self.ds.data_vars if n not in self.cell_variables]
+        data = self._read(self.ds[[*names, *small]].sel(key))
         par = {p: float(data[p]) for p in PER_CELL}
         act = self.activation(key)
         q_star = float(data["q_star"]) if "q_star" in data.variables else None
@@ -241,6 +449,7 @@ class Results(CellProgress):
             width=int(key["width"]),
             target_sparsity=target,
             data=data,
+            observable=self.observable,
         )
 
 
@@ -250,4 +459,4 @@ def open_results(path: Path | str) -> Results:
     Raises :class:`StoreError` (one line) when the path is missing, unreadable or incomplete.
     """
     path = Path(path)
-    return Results(_open(path), path)
+    return Results(open_dataset(path), path)

@@ -13,7 +13,11 @@ over several q* gets one row per q*, never an average over them:
   with the theory window's edges drawn over it (named families only);
 - ``escape_width``: median escape depth against width (log-log), the fitted law and the onset
   layer of the 1/N theory; ``survival``: Kaplan-Meier curves of the unclipped cells;
+- ``width_law`` (unclipped cells at 4 widths or more): local exponent of the mean escape depth
+  against N with the asymptotic 1/3 and the diffusion theory, and T against N under both laws;
 - ``zero_frac_corr_<family>[_q<q*>]``: zero fraction and 1 - correlation through depth against theory;
+- ``correlation_map``: the empirical map 1 - c^(l+1) against 1 - c^l over every pair of inputs and
+  layer (binned mean and 10-90% band per width) over the GP map R, unclipped beside clipped;
 - ``sigma_phase``: for an off-EoC sweep, the (sigma_w^2, sigma_b^2) plane with the chi_1 = 1 line,
   ordered and chaotic regions, V'(q) at the attracting fixed point and the measured gains.
 
@@ -31,7 +35,8 @@ Monte Carlo of the same activations) gets, from the tables of :mod:`analysis.tra
 
 Panels are named by the store's ``family`` label (a named family or a user shape's name) and the
 cell's parameters. On a partial store (an interrupted sweep) every Monte Carlo figure says so in
-its title, and the phase diagram hatches the cells not run.
+its title, and the phase diagram hatches the cells not run. The figures through depth (trajectories, zero fraction and correlation, the
+correlation map) need per-layer records: a summary store has none of them.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+import xarray as xr
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
@@ -58,12 +64,13 @@ from simulate.activations import Activation
 
 from ._cli import Parser, run_cli, writable_dir
 from ._store import Cell, Results
-from .instability import escape_times, theory_window
+from .instability import ESCAPES, escape_times, theory_window
 from .phase import sigma_theory
 from .survival import kaplan_meier, survival_at
 from .tables import Tables
 from .theory import cell_theory
 from .training import PREDICTORS, TrainingResults, TrainingTables, open_stores, pooled
+from .width_law import applies
 
 WIDTH_IN = 8.0
 DPI = 120
@@ -141,14 +148,21 @@ def _show_clip(results: Results, family: str, sparsity: float, q_star: float) ->
     return min(inside, key=lambda m: abs(math.log(m / math.sqrt(q_star))))
 
 
-def _filled_q(cell: Cell) -> np.ndarray:
-    """q (net, layer), input 0, with the layers after an escape set to +inf (escaped up) or 0."""
-    q = cell.data["q"].isel(input=0).transpose("net", "layer").values.astype(float)
-    for net, layer in enumerate(cell.data["escape_layer"].values):
-        if layer >= 0:
-            up = np.nanmax(cell.data["q"].isel(net=net, layer=layer).values) > cell.q_ref
-            q[net, layer + 1 :] = np.inf if up else 0.0
-    return q
+def _filled_variance(cell: Cell) -> np.ndarray:
+    """The variance observable (q or v) per (net, recorded layer), input 0, with the layers after
+    an escape set to +inf (escaped up) or 0."""
+    q = cell.variance.isel(input=0).transpose("net", "layer").values.astype(float)
+    escape = cell.data["escape_layer"].values
+    after = (escape[:, None] >= 0) & (cell.layers[None, :] > escape[:, None])
+    up = np.nanmax(cell.final(cell.observable), axis=1) > cell.q_ref
+    return np.where(after, np.where(up, np.inf, 0.0)[:, None], q)
+
+
+VARIANCE_LABEL = {
+    "q": r"$q^l$ (mean square pre-activation)",
+    "v": r"$v^l$ (conditional variance of layer l)",
+}
+"""Axis label of each variance observable (:attr:`analysis._store.Results.observable`)."""
 
 
 def _band(ax, layers, values, color, label=None, median=True):
@@ -274,8 +288,8 @@ def fig_trajectories(results: Results, out: Path) -> list[Path]:
                 theory = cell_theory(cell, results.depth)
                 layers = theory["layer"].values
                 color = colors[cell.width]
-                _band(ax, layers, _filled_q(cell), color, f"N = {cell.width}")
-                ax.plot(layers, theory["q_mean"], color=color, ls="--", lw=1)
+                _band(ax, cell.layers, _filled_variance(cell), color, f"N = {cell.width}")
+                ax.plot(layers, theory[f"{cell.observable}_mean"], color=color, ls="--", lw=1)
             ax.plot(layers, theory["q_gp"], color="black", lw=1.2, label="GP iterate")
             cell = cells[0]
             ef = results.escape_factor
@@ -289,7 +303,7 @@ def fig_trajectories(results: Results, out: Path) -> list[Path]:
                 fontsize="medium",
             )
             ax.set_xlabel("layer l")
-            ax.set_ylabel(r"$q^l$ (mean square pre-activation)")
+            ax.set_ylabel(VARIANCE_LABEL[cell.observable])
             ax.legend(fontsize="small", loc="upper left")
     handles = [
         Line2D([], [], color="grey", lw=1.4, label="MC median (band: 10-90%)"),
@@ -306,10 +320,12 @@ MIN_SURVIVORS = 0.25
 """Depth profiles are drawn only where at least this fraction of the networks has not escaped."""
 
 
-def _survivors(cell: Cell, values) -> np.ndarray:
-    """(net, layer) values, NaN at the layers where fewer than ``MIN_SURVIVORS`` of the networks
-    are left (their mean would describe a few stragglers)."""
-    values = values.transpose("net", "layer").values.astype(float)
+def _survivors(values: xr.DataArray) -> np.ndarray:
+    """(sample, layer) values, a sample per network (and per input or pair when ``values`` has
+    those), NaN at the layers where fewer than ``MIN_SURVIVORS`` of the samples are left (their
+    mean would describe a few stragglers)."""
+    values = values.transpose("layer", ...).values.astype(float)
+    values = values.reshape(values.shape[0], -1).T
     alive = np.isfinite(values).mean(axis=0) >= MIN_SURVIVORS
     return np.where(alive, values, np.nan)
 
@@ -332,12 +348,12 @@ def fig_zero_corr(results: Results, out: Path, family: str, q_star: float) -> li
             theory = cell_theory(cell, results.depth, results.c0)
             layers = theory["layer"].values
             color = colors[cell.width]
-            zf = _survivors(cell, cell.data["zero_frac"].mean("input"))
-            lo, hi = _band(axes[0, col], layers, zf, color, f"N = {cell.width}", median=False)
+            zf = _survivors(cell.data["zero_frac"].mean("input"))
+            lo, hi = _band(axes[0, col], cell.layers, zf, color, f"N = {cell.width}", median=False)
             extent = [min(extent[0], np.nanmin(lo)), max(extent[1], np.nanmax(hi))]
             axes[0, col].plot(layers, theory["zf_mean"], color=color, ls="--", lw=1)
-            gap = 1.0 - _survivors(cell, cell.data["corr"])
-            _band(axes[1, col], layers, gap, color, f"N = {cell.width}", median=False)
+            gap = 1.0 - _survivors(cell.correlation)
+            _band(axes[1, col], cell.layers, gap, color, f"N = {cell.width}", median=False)
         act = cells[0].act
         axes[0, col].plot(
             layers, gp.sparsity(act, theory["q_gp"].values), color="black", lw=1.2, label="GP"
@@ -365,6 +381,117 @@ def fig_zero_corr(results: Results, out: Path, family: str, q_star: float) -> li
     fig.tight_layout()
     suffix = f"_q{q_star:g}" if results.ds.sizes["q_star"] > 1 else ""
     return _save(fig, out, f"zero_frac_corr_{family}{suffix}")
+
+
+# -- the correlation map ------------------------------------------------------------------------
+
+MAP_BINS = 14
+"""Bins of ln(1 - c^l) of the empirical correlation map."""
+
+MIN_IN_BIN = 5
+"""A bin of the correlation map is drawn when it holds at least this many (pair, layer) points."""
+
+
+def correlation_steps(cell: Cell) -> tuple[np.ndarray, np.ndarray, int]:
+    """(c^l, c^(l+k)) over every network, pair and recorded layer l whose successor is recorded k
+    layers later (k: the store's recording step, the most common gap), both finite; and k."""
+    corr = cell.correlation
+    corr = corr.expand_dims("pair", axis=-1) if "pair" not in corr.dims else corr
+    values = corr.transpose("net", "pair", "layer").values.astype(float)
+    gaps = np.diff(cell.layers)
+    step = int(np.bincount(gaps).argmax()) if gaps.size else 1
+    regular = np.flatnonzero(gaps == step)
+    before, after = values[..., regular].ravel(), values[..., regular + 1].ravel()
+    keep = np.isfinite(before) & np.isfinite(after)
+    return before[keep], after[keep], step
+
+
+def binned_map(before: np.ndarray, after: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Per bin of 1 - c^l (``edges``): the mean, 10% and 90% quantiles of 1 - c^(l+k), and the
+    count; NaN where fewer than ``MIN_IN_BIN`` points (rows: mean, lo, hi, n)."""
+    gap_before, gap_after = 1.0 - before, 1.0 - after
+    index = np.digitize(gap_before, edges) - 1
+    out = np.full((4, edges.size - 1), np.nan)
+    for b in range(edges.size - 1):
+        sel = gap_after[index == b]
+        out[3, b] = sel.size
+        if sel.size >= MIN_IN_BIN:
+            out[0, b] = sel.mean()
+            out[1, b], out[2, b] = np.quantile(sel, [0.1, 0.9])
+    return out
+
+
+def _map_theory(cell: Cell, c: np.ndarray, step: int) -> np.ndarray:
+    """R^step(c): the GP correlation map at q*, applied ``step`` times."""
+    for _ in range(step):
+        c = gp.correlation_map(
+            cell.act, np.clip(c, -1.0, 1.0), cell.q_ref, cell.sigma_w2, cell.sigma_b2
+        )
+    return c
+
+
+def fig_correlation_map(results: Results, out: Path) -> list[Path] | None:
+    """The empirical correlation map: 1 - c^(l+k) against 1 - c^l (log-log; k the recording step,
+    1 when every layer is recorded) over every network, pair and layer, binned in ln(1 - c^l):
+    the mean per bin and its 10-90% band, per width, over the GP map 1 - R^k(c) at q* and the
+    identity; one row per (family, q*), the unclipped cells beside the clipped example (as in the
+    trajectories figure). The correlation is the store's observable's (v_corr or corr). None when
+    the store has no pair of inputs or no example cell is finished."""
+    if not results.pairs or not results.per_layer:
+        return None
+    facets = _facets(results)
+    examples = [_example_cells(results, family, q_star) for family, q_star in facets]
+    if not any(any(e) for e in examples):
+        return None
+    colors = _width_colors(_coords(results, "width"))
+    fig, axes = plt.subplots(
+        len(facets), 2, figsize=(WIDTH_IN, 3.6 * len(facets) + 0.5), squeeze=False
+    )
+    for row, cells_of, (_, q_star) in zip(axes, examples, facets, strict=True):
+        for ax, cells in zip(row, cells_of, strict=True):
+            steps = [correlation_steps(cell) for cell in cells]
+            gaps = np.concatenate([1.0 - b for b, _, _ in steps]) if steps else np.array([])
+            gaps = gaps[gaps > 0]
+            if not gaps.size:
+                ax.set_visible(False)
+                continue
+            edges = np.geomspace(gaps.min(), gaps.max() * (1 + 1e-9), MAP_BINS + 1)
+            centres = np.sqrt(edges[1:] * edges[:-1])
+            step = steps[0][2]
+            for cell, (before, after, _) in zip(cells, steps, strict=True):
+                mean, lo, hi, _ = binned_map(before, after, edges)
+                color = colors[cell.width]
+                ax.fill_between(centres, lo, hi, color=color, alpha=0.2, lw=0)
+                ax.plot(centres, mean, "o-", color=color, ms=3.5, lw=1.2, label=f"N = {cell.width}")
+            fine = np.geomspace(edges[0], edges[-1], 80)
+            cell = cells[0]
+            ax.plot(fine, 1.0 - _map_theory(cell, 1.0 - fine, step), color="black", lw=1.3,
+                    label="GP map" + (f" R^{step}" if step > 1 else " R"))  # fmt: skip
+            ax.plot(fine, fine, color="grey", lw=0.8, ls="--", label="identity")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(
+                f"{_cell_label(cell)}, s = {cell.key['sparsity']:g}{_at_q(results, q_star)}",
+                fontsize="medium",
+            )
+            later = f"l+{step}" if step > 1 else "l+1"
+            ax.set_xlabel(r"$1 - c^{l}$ (correlation of a pair at layer l)")
+            ax.set_ylabel(f"$1 - c^{{{later}}}$")
+            ax.legend(fontsize="small", loc="upper left")
+    name = OBSERVED_CORR[results.observable]
+    _suptitle(
+        fig,
+        results,
+        f"Correlation map over every pair and layer ({name}): binned mean (band: 10-90%) "
+        "against the GP map",
+        fontsize="medium",
+    )
+    fig.tight_layout()
+    return _save(fig, out, "correlation_map")
+
+
+OBSERVED_CORR = {"q": "empirical correlation corr", "v": "conditional correlation v_corr"}
+"""How the correlation map names the store's correlation."""
 
 
 # -- phase diagram and escapes ------------------------------------------------------------------
@@ -438,10 +565,30 @@ def _outline_window(ax, family: str, q_star: float, sparsities, clips) -> None:
                 )
 
 
+MAX_LABELLED = 12
+"""A heat map writes its values in the cells up to this many rows and columns; a finer grid (a
+phase diagram at publication resolution) has its colour bar."""
+
+MAX_TICKS = 5
+"""A heat-map axis of more values labels every ceil(n / MAX_TICKS)-th tick counted back from the
+last (the unclipped column), two significant digits."""
+
+
+def _thinned_ticks(values, text) -> tuple[np.ndarray, list[str]]:
+    """Tick positions and labels of a heat-map axis over ``values`` (``MAX_TICKS``)."""
+    if len(values) <= MAX_TICKS:
+        return np.arange(len(values)), [text(v) for v in values]
+    step = math.ceil(len(values) / MAX_TICKS)
+    at = range(len(values) - 1, -1, -step)[::-1]  # evenly spaced, ending at the last
+    return np.array(at), [text(float(f"{values[i]:.2g}")) for i in at]
+
+
 def _heat_panel(ax, grid, done, sparsities, clips, family, q_star, cmap, notes=None):
     """One (sparsity, clip) heat map of values in [0, 1]: each value written in its cell (with its
-    ``notes`` text, if any), cells not run hatched, the theory window's edges over it (named
-    families only). Returns the mesh (for a colour bar)."""
+    ``notes`` text, if any; grids up to ``MAX_LABELLED`` rows and columns), cells not run hatched,
+    the theory window's edges over it (named families only). Returns the mesh (for a colour
+    bar)."""
+    written = max(grid.shape) <= MAX_LABELLED
     mesh = ax.pcolormesh(
         np.arange(clips.size + 1) - 0.5,
         np.arange(sparsities.size + 1) - 0.5,
@@ -454,7 +601,7 @@ def _heat_panel(ax, grid, done, sparsities, clips, family, q_star, cmap, notes=N
         value = grid[i, j]
         if not done[i, j]:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", color="0.6"))
-        elif np.isfinite(value):
+        elif np.isfinite(value) and written:
             ax.text(
                 j,
                 i,
@@ -484,8 +631,8 @@ def _heat_panel(ax, grid, done, sparsities, clips, family, q_star, cmap, notes=N
             lw=2,
             label="theory upper edge",
         )
-    ax.set_xticks(np.arange(clips.size), [f"{m:g}" if math.isfinite(m) else "∞" for m in clips])
-    ax.set_yticks(np.arange(sparsities.size), [f"{s:g}" for s in sparsities])
+    ax.set_xticks(*_thinned_ticks(clips, lambda m: f"{m:g}" if math.isfinite(m) else "∞"))
+    ax.set_yticks(*_thinned_ticks(sparsities, lambda s: f"{s:g}"))
     ax.set_xlim(-0.5, clips.size - 0.5)
     ax.set_ylim(-0.5, sparsities.size - 0.5)
     ax.grid(False)
@@ -625,6 +772,60 @@ def fig_escape_width(results: Results, out: Path, law) -> list[Path] | None:
     return _save(fig, out, "escape_width")
 
 
+def fig_width_law(results: Results, out: Path, law) -> list[Path] | None:
+    """The width law in its asymptotic regime (:mod:`analysis.width_law`). Left: the local exponent
+    d ln T / d ln N between adjacent widths (MC mean escape depth, +-1 standard error) against N,
+    the asymptotic 1/3 and the diffusion theory's local exponent (lines). Right: the mean escape
+    depth T against N (MC, +-1 se), the asymptotic law C kappa^{-2/3} (D/N)^{-1/3} (solid) and the
+    diffusion theory (dashed). ``law``: (cells, local exponents) of the store."""
+    table, local = law
+    if table.empty or local.empty:
+        return None
+    groups = list(dict.fromkeys(table["group"]))
+    palette = dict(zip(groups, sns.color_palette("tab10", len(groups)), strict=True))
+    fig, (ax_beta, ax_t) = plt.subplots(1, 2, figsize=(WIDTH_IN * 1.25, 4.4), layout="constrained")
+    offsets = dict(zip(groups, np.linspace(-0.04, 0.04, len(groups)), strict=True))
+    n_fine = np.geomspace(table["width"].min(), table["width"].max(), 60)
+    for group in groups:
+        color, mc = palette[group], local[local["group"] == group]
+        cells = table[table["group"] == group].sort_values("width")
+        label = group.replace(" q_star=1.0", "").replace("family=", "").replace("sparsity=", "s = ")
+        points = {"fmt": "o", "color": color, "capsize": 3, "ms": 5, "label": label}
+        ax_beta.errorbar(
+            mc["width_mid"] * 10 ** offsets[group], mc["beta_local"], yerr=mc["beta_se"], **points
+        )
+        ax_beta.plot(mc["width_mid"], mc["beta_diffusion"], color=color, lw=1.2, ls="--")
+        ax_t.errorbar(cells["width"], cells["mean_escape"], yerr=cells["mean_se"], **points)
+        ax_t.plot(cells["width"], cells["diffusion"], color=color, lw=1.2, ls="--")
+        prefactor = cells["asymptotic"].iloc[-1] / cells["width"].iloc[-1] ** (1 / 3)
+        ax_t.plot(n_fine, prefactor * n_fine ** (1 / 3), color=color, lw=1.0)
+    ax_beta.axhline(1 / 3, color="black", lw=1.2, label="asymptotic 1/3")
+    ax_beta.plot([], [], color="grey", lw=1.2, ls="--", label="diffusion theory (finite N)")
+    ax_beta.set_xscale("log")
+    ax_beta.set_xlabel("width N (geometric mean of the two widths)")
+    ax_beta.set_ylabel("local exponent d ln T / d ln N")
+    ax_beta.set_title("Local exponent of the mean escape depth", fontsize="medium")
+    ax_beta.legend(fontsize="x-small", loc="lower right")
+    ax_t.set_xscale("log")
+    ax_t.set_yscale("log")
+    ax_t.set_xlabel("width N")
+    ax_t.set_ylabel("mean escape depth T (layers)")
+    ax_t.set_title("Mean escape depth against width", fontsize="medium")
+    handles = [
+        Line2D([], [], color="grey", marker="o", ls="none", label="Monte Carlo (+-1 se)"),
+        Line2D([], [], color="grey", lw=1.0, label=r"asymptotic law $C\kappa^{-2/3}(D/N)^{-1/3}$"),
+        Line2D([], [], color="grey", lw=1.2, ls="--", label="diffusion theory (finite N)"),
+    ]
+    ax_t.legend(handles=handles, fontsize="x-small", loc="upper left")
+    _suptitle(
+        fig,
+        results,
+        f"Width law of the escape depth (unclipped, escapes on {results.observable}, "
+        f"{int(table['n_nets'].median())} networks per width)",
+    )
+    return _save(fig, out, "width_law")
+
+
 def fig_survival(results: Results, out: Path) -> list[Path] | None:
     """Kaplan-Meier survival (not yet escaped) over depth for the unclipped cells, one row per
     (family, q*) and one column per width."""
@@ -646,7 +847,7 @@ def fig_survival(results: Results, out: Path) -> list[Path] | None:
     for row, (family, q_star) in zip(axes, facets, strict=True):
         for ax, width in zip(row, widths, strict=True):
             where = {"family": family, "q_star": q_star, "clip": math.inf, "width": width}
-            for cell in results.cells(**where):
+            for cell in results.cells(ESCAPES, **where):
                 curve = kaplan_meier(*escape_times(cell, results.depth))
                 color = palette[cell.key["sparsity"]]
                 ax.step(
@@ -1055,6 +1256,7 @@ LINK_AXES = {
     "v_slope": "V'(q*) (slope of V at q*)",
     "mc_frac_escaped": "MC fraction escaped by layer L",
     "mc_frac_stay": "MC fraction at q* to depth {depth}",
+    "gp_corr_gap": "GP input signal 1 - c^L (from c^0 = 1/2)",
 }
 """The link figure's panels: column of the link table -> x-axis label (``depth``: the init
 store's)."""
@@ -1155,12 +1357,16 @@ def _draw_all(results: Results, out: Path, tables: Tables) -> list[Path]:
     if "sparsity" not in results.ds.dims:
         return written
     written += fig_variance_maps(results, out)
-    written += fig_trajectories(results, out)
-    for family, q_star in _facets(results):
-        written += fig_zero_corr(results, out, family, q_star) or []
+    if results.per_layer:
+        written += fig_trajectories(results, out)
+        for family, q_star in _facets(results):
+            written += fig_zero_corr(results, out, family, q_star) or []
+        written += fig_correlation_map(results, out) or []
     written += fig_phase(results, out, tables.stability)
     written += fig_escape_width(results, out, tables.width_law) or []
     written += fig_survival(results, out) or []
+    if applies(results):
+        written += fig_width_law(results, out, tables.asymptotic_width_law) or []
     return written
 
 

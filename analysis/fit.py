@@ -8,9 +8,14 @@ no such values):
                sd of q_hat over networks, sqrt((2 (q^l)^2 + V4^l)/N) (``gp.finite_width``)
     q_sd       the sample variance S^2 against sd_pred^2, a chi^2 test with kurtosis-corrected
                degrees of freedom (:func:`z_spread`)
+
+    (on a store whose observable is the conditional variance v, :attr:`analysis._store.Results.
+    observable`, these are ``v_mean`` and ``v_sd``: the same tests of v against q^l + G1^l/N and
+    sd_pred = sqrt(V4^l / N); corr and gain then read v_corr and v_log_gain)
     zero_frac  z = (mean - zf_mean) / (zf_sd / sqrt(n_l)) with the 1/N prediction of
                ``analysis.theory`` (binomial spread plus the spread of the layer variance)
-    corr       one-sample t statistic of the correlation of the two inputs against c^l = R(c^{l-1})
+    corr       one-sample t statistic of the correlation of two inputs against c^l = R(c^{l-1})
+               (each pair of a store of more than two inputs its own test, from its initial c0)
     gain       one-sample t statistic of the tangent gain |t^l|^2 / |t^{l-1}|^2 = exp(log_gain)
                against chi_1(q^{l-1}) (the gain itself, not its log: E[log] is biased below
                ln chi_1 by Var/2 = O(1/N), and a dead tangent has log_gain = -inf but gain 0)
@@ -30,7 +35,7 @@ normal score through its own null distribution (z = Phi^{-1}(F(stat)): normal, c
 computed from the log of the smaller tail so that a p-value below 1e-308 still gives its finite
 score, :mod:`analysis._tails`), so that one threshold serves all.
 
-Verdict: the cell agrees with theory when no |z| among the K tests of ``VERDICT_STATS`` over all
+Verdict: the cell agrees with theory when no |z| among the K tests of :func:`verdict_stats` over all
 layers exceeds the Sidak threshold z_K = Phi^{-1}(1 - p_K / 2), p_K = 1 - (1 - alpha)^{1/K}, at
 family-wise level alpha = ``ALPHA`` (1%). The tests at neighbouring layers are positively
 correlated, so this is conservative. A layer where no network is left to test (all escaped)
@@ -56,13 +61,17 @@ from ._cli import Parser, probability, run_cli
 from ._store import Cell, Results, open_results
 from ._table import markdown_table
 from ._tails import chi2_score, t_score
-from .theory import cell_theory
+from .theory import cell_theory, correlation_theory
 
 ALPHA = 0.01
 """Family-wise significance level of the per-cell verdict."""
 
-VERDICT_STATS = ("q_mean", "q_sd", "zero_frac", "gain")
-"""Statistics whose prediction is unbiased to the order tested; they decide the verdict."""
+
+def verdict_stats(observable: str) -> tuple[str, ...]:
+    """Statistics whose prediction is unbiased to the order tested; they decide the verdict
+    (``observable``: the variance tested, "q" or "v")."""
+    return (f"{observable}_mean", f"{observable}_sd", "zero_frac", "gain")
+
 
 EPS_SMALL = 0.01
 """The first-order theory is claimed where its relative mean shift eps = max_l |G1^l| / (N q^l)
@@ -138,52 +147,61 @@ def sidak_threshold(alpha: float, k: int) -> float:
     return float(stats.norm.isf(p_each / 2.0))
 
 
-def _per_input(x: xr.DataArray) -> np.ndarray:
-    """(net, layer, input) array; a variable without ``input`` gets a length-1 input axis."""
-    if "input" not in x.dims:
-        x = x.expand_dims("input", axis=-1)
-    return x.transpose("net", "layer", "input").values.astype(float)
+def _per_input(x: xr.DataArray, inner: str = "input") -> np.ndarray:
+    """(net, layer, ``inner``) array; a variable without ``inner`` gets a length-1 axis."""
+    if inner not in x.dims:
+        x = x.expand_dims(inner, axis=-1)
+    return x.transpose("net", "layer", inner).values.astype(float)
 
 
-def compare_cell(cell: Cell, depth: int, c0: float = math.nan) -> xr.Dataset:
-    """Per-layer Monte Carlo summaries, predictions and z-scores for one cell.
+def compare_cell(cell: Cell, depth: int, c0=math.nan) -> xr.Dataset:
+    """Per-layer Monte Carlo summaries, predictions and z-scores for one cell, at its recorded
+    layers.
 
-    Returns a Dataset over ``layer`` (and ``input``) with n_alive, q_mc_mean, q_mc_sd, the
-    predictions of :func:`analysis.theory.cell_theory`, and one ``z_<stat>`` per statistic.
+    Returns a Dataset over ``layer`` (and ``input``; ``pair`` for the correlation when the store
+    has several pairs, ``c0`` then their initial correlations, one or one per pair) with n_alive,
+    the Monte Carlo mean and sd of the cell's variance observable (``<obs>_mc_mean``,
+    ``<obs>_mc_sd``, obs = q or v), the predictions of :func:`analysis.theory.cell_theory`, and
+    one ``z_<stat>`` per statistic.
     """
-    theory = cell_theory(cell, depth, c0)
-    data = cell.data
-    q = _per_input(data["q"])
-    zf = _per_input(data["zero_frac"])
-    corr = _per_input(data["corr"])[:, :, 0]
+    theory = cell_theory(cell, depth).sel(layer=cell.layers)
+    obs = cell.observable
+    x = _per_input(cell.variance)
+    zf = _per_input(cell.data["zero_frac"])
+    corr = _per_input(cell.correlation, "pair")
+    c0s = np.broadcast_to(np.asarray(c0, dtype=float), corr.shape[-1:])
+    corr_theory = np.stack([correlation_theory(cell, depth, c) for c in c0s], axis=-1)[cell.layers]
     with np.errstate(over="ignore"):
-        gain = np.exp(_per_input(data["log_gain"])[:, :, 0])
+        gain = np.exp(_per_input(cell.log_gain)[:, :, 0])
     col = (slice(None), None)  # layer predictions broadcast over inputs
-    n_alive, q_mc_mean, q_mc_sd = _moments(q)
+    mean, sd = theory[f"{obs}_mean"].values[col], theory[f"{obs}_sd"].values[col]
+    n_alive, x_mc_mean, x_mc_sd = _moments(x)
+    pair_dims = ("layer", "pair") if "pair" in cell.correlation.dims else ("layer",)
+    squeeze = (slice(None), slice(None)) if len(pair_dims) == 2 else (slice(None), 0)
     z = {
-        "q_mean": z_known_sd(q, theory["q_mean"].values[col], theory["q_sd"].values[col]),
-        "q_sd": z_spread(q, theory["q_sd"].values[col]),
+        f"{obs}_mean": z_known_sd(x, mean, sd),
+        f"{obs}_sd": z_spread(x, sd),
         "zero_frac": z_known_sd(zf, theory["zf_mean"].values[col], theory["zf_sd"].values[col]),
-        "corr": z_sample_sd(corr, theory["corr"].values),
+        "corr": z_sample_sd(corr, corr_theory)[squeeze],
         "gain": z_sample_sd(gain, theory["chi1"].values),
     }
     dims = ("layer", "input")
     out = theory.assign(
         n_alive=(dims, n_alive),
-        q_mc_mean=(dims, q_mc_mean),
-        q_mc_sd=(dims, q_mc_sd),
+        **{f"{obs}_mc_mean": (dims, x_mc_mean), f"{obs}_mc_sd": (dims, x_mc_sd)},
         zf_mc_mean=(dims, _moments(zf)[1]),
-        corr_mc_mean=("layer", _moments(corr)[1]),
+        corr=(pair_dims, corr_theory[squeeze]),
+        corr_mc_mean=(pair_dims, _moments(corr)[1][squeeze]),
         gain_mc_mean=("layer", _moments(gain)[1]),
     )
-    return out.assign({f"z_{k}": (dims if v.ndim == 2 else ("layer",), v) for k, v in z.items()})
+    dims_of = {"corr": pair_dims, "gain": ("layer",)}
+    return out.assign({f"z_{k}": (dims_of.get(k, dims), v) for k, v in z.items()})
 
 
 def _first_exceedance(z: xr.DataArray, threshold: float) -> float:
     """First layer where |z| exceeds the threshold (any input), NaN if none."""
     over = np.abs(z) > threshold
-    if "input" in over.dims:
-        over = over.any("input")
+    over = over.any([d for d in over.dims if d != "layer"])
     layers = z["layer"].values[over.values] if "layer" in z.coords else np.flatnonzero(over.values)
     return float(layers[0]) if layers.size else math.nan
 
@@ -191,17 +209,19 @@ def _first_exceedance(z: xr.DataArray, threshold: float) -> float:
 def verdict(comparison: xr.Dataset, alpha: float = ALPHA) -> dict:
     """One row: max |z| per statistic, the Sidak threshold, the largest deviation of the mean
     correlation from the GP, pass/fail and the first failing layer and statistic."""
-    finite = sum(int(np.isfinite(comparison[f"z_{s}"]).sum()) for s in VERDICT_STATS)
+    obs = "q" if "z_q_mean" in comparison else "v"
+    stats_tested = verdict_stats(obs)
+    finite = sum(int(np.isfinite(comparison[f"z_{s}"]).sum()) for s in stats_tested)
     threshold = sidak_threshold(alpha, finite)
     row: dict = {"n_tests": finite, "z_crit": threshold}
     first_layer, first_stat = math.inf, ""
-    for stat in (*VERDICT_STATS, *REPORTED_STATS):
+    for stat in (*stats_tested, *REPORTED_STATS):
         z = comparison[f"z_{stat}"]
         row[f"max_abs_z_{stat}"] = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else math.nan
         layer = _first_exceedance(z, threshold)
-        if stat in VERDICT_STATS and layer < first_layer:
+        if stat in stats_tested and layer < first_layer:
             first_layer, first_stat = layer, stat
-    tested = np.isfinite(comparison["z_q_mean"])
+    tested = comparison["n_alive"] >= 2  # (v at layer 0 is exact: sd 0, no z, yet not untested)
     if "input" in tested.dims:
         tested = tested.any("input")
     untested = comparison["layer"].values[~tested.values]
@@ -220,10 +240,14 @@ def fit_table(results: Results, alpha: float = ALPHA) -> pd.DataFrame:
     verdict columns of :func:`verdict`) and ``eps_1n``, the size of the first-order correction,
     max_l |G1^l| / (N q^l). Near the upper edge of the clip window (V'(q*) -> 1) the correction
     is amplified by 1 / (1 - V'(q*)) and the neglected O(1/N^2) terms with it, so the verdict is
-    only expected to pass where eps_1n is small (``EPS_SMALL``)."""
+    only expected to pass where eps_1n is small (``EPS_SMALL``). Empty for a summary store (no
+    per-layer records to test)."""
+    if not results.per_layer:
+        return pd.DataFrame()
     rows = []
-    for cell in results.cells():
-        comparison = compare_cell(cell, results.depth, results.c0)
+    read = ("variance", "correlation", "log_gain", "zero_frac", "escape_layer")
+    for cell in results.cells(read):
+        comparison = compare_cell(cell, results.depth, results.pair_c0)
         escaped = int((cell.data["escape_layer"].values >= 0).sum())
         eps = np.abs(comparison["g1"] / comparison["q_gp"]).max() / cell.width
         rows.append(

@@ -51,7 +51,7 @@ from simulate import gp
 from simulate.activations import FAMILIES, Activation
 
 from ._cli import Parser, run_cli
-from ._store import Cell, Results, open_results
+from ._store import FINAL, Cell, Results, open_results
 from ._table import markdown_table
 from .survival import kaplan_meier, median_survival
 from .theory import activation_cache, layer_theory
@@ -67,6 +67,16 @@ N_BOOT = 2000
 
 FATES = ("q*", "upper", "lower", "escaped up", "escaped down")
 """What happens to a network by the last layer (:func:`network_fates`)."""
+
+ESCAPES = ("escape_layer",)
+"""What the escape tables read of a cell (:meth:`analysis._store.Results.cells`)."""
+
+
+def fate_variables(results: Results) -> tuple[str, ...]:
+    """What :func:`network_fates` reads of a cell: the escape layers, and the final variance and
+    zero fraction (the per-network summaries, or the trajectories when the store has none)."""
+    obs = results.observable
+    return ("escape_layer", "variance", "zero_frac", FINAL[obs], FINAL["zero_frac"])
 
 
 # -- escape statistics --------------------------------------------------------------------------
@@ -90,7 +100,7 @@ def escape_table(results: Results) -> pd.DataFrame:
     """One row per finished cell: networks, escaped fraction by depth, median escape depth and its
     95% Kaplan-Meier interval (inf: not reached within the sweep's depth)."""
     rows = []
-    for cell in results.cells():
+    for cell in results.cells(ESCAPES):
         times, observed = escape_times(cell, results.depth)
         median, lo, hi = median_survival(kaplan_meier(times, observed))
         rows.append(
@@ -113,7 +123,7 @@ def _median_of_sorted(times: np.ndarray) -> np.ndarray:
     """KM median without censoring before the end: the ceil(n/2)-th smallest time (inf = censored),
     along the last axis."""
     k = math.ceil(times.shape[-1] / 2) - 1
-    return np.partition(times, k, axis=-1)[..., k]
+    return np.partition(times, k, axis=-1)[..., k].copy()  # not a view keeping the whole alive
 
 
 def _slope(x: np.ndarray, y: np.ndarray, group: np.ndarray) -> float:
@@ -161,7 +171,7 @@ def width_law(
     if not results.eoc or not np.isinf(results.ds["clip"].values).any():
         return pd.DataFrame(), pd.DataFrame()
     rows, samples = [], []
-    for cell in results.cells(clip=math.inf):
+    for cell in results.cells(ESCAPES, clip=math.inf):
         times, observed = escape_times(cell, results.depth)
         median, lo, hi = median_survival(kaplan_meier(times, observed))
         rows.append(
@@ -229,29 +239,28 @@ def stable_fixed_points(
     return tuple(sorted(q_ref if abs(math.log(q / q_ref)) <= 1e-3 else q for q in points))
 
 
-def network_fates(cell: Cell, depth: int) -> pd.DataFrame:
-    """Per network: escape layer, final variance and zero fraction (mean over inputs, NaN if
-    escaped), the nearest stable fixed point ``basin`` and ``fate`` in {"q*", "upper", "lower",
-    "escaped up", "escaped down"}."""
-    q = cell.data["q"].transpose("net", "layer", "input").values.astype(float)
-    zf = cell.data["zero_frac"].transpose("net", "layer", "input").values.astype(float)
+def network_fates(cell: Cell) -> pd.DataFrame:
+    """Per network: escape layer, final variance (the cell's observable, q or v) and zero
+    fraction (mean over inputs at the depth, NaN if escaped), the nearest stable fixed point
+    ``basin`` and ``fate`` in {"q*", "upper", "lower", "escaped up", "escaped down"}: an escaped
+    network went up when its largest variance over the inputs at its escape layer is above q_ref.
+    The values at the last layer reached are :meth:`analysis._store.Cell.final`'s."""
+    final = cell.final(cell.observable)  # (net, input) at the escape layer, else at the depth
     escape = cell.data["escape_layer"].values.astype(int)
     points = np.array(stable_fixed_points(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q_ref))
-    final_q = q[:, depth].mean(axis=1)
+    final_q = final.mean(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         basin = points[np.argmin(np.abs(np.log(final_q[:, None] / points[None, :])), axis=1)]
-    last = np.array(
-        [q[i, e].max() if e >= 0 else np.nan for i, e in enumerate(escape)]
-    )  # the out-of-band value at the escape layer
     fate = np.where(
         basin == cell.q_ref, "q*", np.where(basin > cell.q_ref, "upper", "lower")
     ).astype(object)
-    fate[escape >= 0] = np.where(last[escape >= 0] > cell.q_ref, "escaped up", "escaped down")
+    up = final.max(axis=1) > cell.q_ref
+    fate[escape >= 0] = np.where(up[escape >= 0], "escaped up", "escaped down")
     return pd.DataFrame(
         {
             "escape_layer": escape,
             "final_q": np.where(escape >= 0, np.nan, final_q),
-            "final_zero_frac": np.where(escape >= 0, np.nan, zf[:, depth].mean(axis=1)),
+            "final_zero_frac": np.where(escape >= 0, np.nan, cell.final("zero_frac").mean(axis=1)),
             "basin": np.where(escape >= 0, np.nan, basin),
             "fate": fate,
         }
@@ -265,8 +274,8 @@ def stability_table(results: Results) -> pd.DataFrame:
     if not results.eoc:
         return pd.DataFrame()
     rows = []
-    for cell in results.cells():
-        fates = network_fates(cell, results.depth)
+    for cell in results.cells(fate_variables(results)):
+        fates = network_fates(cell)
         stay = float((fates["fate"] == "q*").mean())
         zero = float(fates["final_zero_frac"].mean())
         rows.append(
@@ -347,7 +356,7 @@ def jump_table(results: Results) -> pd.DataFrame:
     if not results.eoc:
         return pd.DataFrame()
     rows = []
-    for cell in results.cells():
+    for cell in results.cells(fate_variables(results)):
         act = cell.act
         if not act.clipped:
             continue
@@ -355,7 +364,7 @@ def jump_table(results: Results) -> pd.DataFrame:
         upper = [q for q in points if q > cell.q_ref]
         if not upper:
             continue
-        fates = network_fates(cell, results.depth)
+        fates = network_fates(cell)
         jumped = fates[fates["fate"] == "upper"]
         counts = fates["fate"].value_counts()
         rows.append(

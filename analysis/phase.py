@@ -14,7 +14,8 @@ Off the Edge of Chaos (a sweep over sigma_w^2 x sigma_b^2 at fixed activation) t
 and reports chi_1(q_inf) (ordered below 1, chaotic above) and V'(q_inf); ``sigma_mc`` reports the
 measured ln of the mean tangent gain over the second half of the layers (an estimate of
 ln chi_1(q_inf)), the
-escaped fraction and the median final variance.
+escaped fraction and the median final variance. (The variance and the gain are those of the
+store's observable, q or v: :attr:`analysis._store.Results.observable`.)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from simulate import gp
 from simulate.activations import Activation
 
 from ._cli import Parser, run_cli
-from ._store import Results, open_results
+from ._store import FINAL, Results, open_results
 from ._table import markdown_table
 from .instability import escape_table, stability_table, stable_fixed_points, theory_window
 
@@ -122,24 +123,31 @@ def _log_mean(values: np.ndarray) -> float:
 
 
 def sigma_mc(results: Results) -> pd.DataFrame:
-    """Off-EoC store: per finished cell, ln of the mean tangent gain over layers depth/2..depth
-    (an estimate of ln chi_1 at the reached fixed point; the mean of log_gain would be biased
-    low), the escaped fraction, the median final variance of the networks that did not escape,
-    and the theory's q_inf, ln chi_1 and V' at the fixed point reached from q0
-    (:func:`sigma_theory`)."""
+    """Off-EoC store: per finished cell, ln of the mean tangent gain over the recorded layers
+    l >= depth/2 (an estimate of ln chi_1 at the reached fixed point; the mean of log_gain would
+    be biased low; NaN in a summary store), the escaped fraction, the median final variance of
+    the networks that did not escape, and the theory's q_inf, ln chi_1 and V' at the fixed point
+    reached from q0 (:func:`sigma_theory`)."""
     rows = []
-    half = results.depth // 2
-    for cell in results.cells():
+    read = ("log_gain", "escape_layer", "variance", FINAL[results.observable])
+    for cell in results.cells(read):
         theory = sigma_theory(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q0)
+        escaped = cell.data["escape_layer"].values >= 0
         with np.errstate(over="ignore", divide="ignore"):  # chi_1 = 0 when q collapses to 0
             log_chi1 = float(np.log(theory["chi1"]))
-            gain = np.exp(cell.data["log_gain"].isel(layer=slice(half, None)).values)
-        final = cell.data["q"].isel(layer=-1).mean("input").values
+            gain = (
+                np.exp(
+                    cell.log_gain.sel(layer=cell.layers[cell.layers >= results.depth // 2]).values
+                )
+                if results.per_layer
+                else np.array([])
+            )
+        final = np.where(escaped, np.nan, cell.final(cell.observable).mean(axis=1))
         rows.append(
             {
                 **cell.key,
                 "log_mean_gain": _log_mean(gain),
-                "frac_escaped": float((cell.data["escape_layer"].values >= 0).mean()),
+                "frac_escaped": float(escaped.mean()),
                 "median_final_q": (
                     float(np.median(final[np.isfinite(final)]))
                     if np.isfinite(final).any()

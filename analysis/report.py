@@ -6,8 +6,12 @@ Default output: ``report.md`` next to the store, with the figures (drawn by
 states the tables (fit verdicts, escape statistics, width law, clip window theory vs Monte Carlo,
 fixed-point jumps, phase tables), each under the command that prints it, and opens with a summary
 of what they show. The report of a partial store (an interrupted sweep) opens with how many cells
-are done, which are missing and the commands that finish the sweep. The outputs are checked before
-any work, and every table is computed once (:class:`analysis.tables.Tables`).
+are done, which are missing and the commands that finish the sweep. The report of a thinned store
+(``record_every = k``) says which layers were recorded; that of a summary store (``record =
+summary``) says, one line per item, what it cannot compute without per-layer records (the fit
+verdicts, the figures through depth), and gives the rest from the per-network summaries. The
+outputs are checked before any work, and every table is computed once
+(:class:`analysis.tables.Tables`), reading the store one cell at a time.
 
 A training store (``python -m simulate.grid --experiment train``) gets a report with a "Training"
 section instead: the dataset, its subset sizes, epochs, learning rates, optimizer and schedule
@@ -42,6 +46,7 @@ from .training import (
     open_stores,
     pooled,
 )
+from .width_law import applies
 
 TABLES = {
     "fit": (
@@ -62,6 +67,14 @@ TABLES = {
     "phase-theory": ("Phase table from theory", "analysis.phase {store} --source theory"),
     "phase-mc": ("Phase table from Monte Carlo", "analysis.phase {store} --source mc"),
     "sigma": ("Off-EoC (sigma_w^2, sigma_b^2) table", "analysis.phase {store}"),
+    "asymptotic": (
+        "Width law in its asymptotic regime: exponents and T against the saddle-node law",
+        "analysis.width_law {store}",
+    ),
+    "local": (
+        "Mean escape depth per width and local exponents",
+        "analysis.width_law {store} --table local",
+    ),
 }
 """Report tables: key -> (heading, the ``python -m`` command that prints the table)."""
 
@@ -88,6 +101,53 @@ def _in_theory_window(fit: pd.DataFrame) -> pd.Series:
     return fit.apply(inside, axis=1).astype(bool)
 
 
+OBSERVABLE_NOTE = {
+    "q": "the empirical variance q = (1/N) sum_i h_i^2 (its correlation corr and tangent gain "
+    "log_gain), against the 1/N theory's mean q + G1/N and spread sqrt((2 q^2 + V4)/N)",
+    "v": "the conditional variance v = sigma_w^2 (1/N) sum_i phi(h_i)^2 + sigma_b^2 of each layer "
+    "given the one below (the Markov state; its correlation v_corr and gain v_log_gain), against "
+    "the 1/N theory's mean q + G1/N and spread sqrt(V4/N)",
+}
+"""What the report's variance tests, escapes and figures use, per observable."""
+
+
+def _observable_line(results: Results) -> str:
+    """Which variance the report works from, and why (:attr:`Results.observable`)."""
+    declared = results.ds.attrs.get("escape_on")
+    why = (
+        f"the sweep detected escapes on it (escape_on = {declared})"
+        if declared
+        else "the store does not say what escapes were detected on (written before escape_on): "
+        + ("q, which it recorded" if results.observable == "q" else "v, as its q is not recorded")
+    )
+    return (
+        f"**Variance observable: {results.observable}** ({why}). Fits, escapes, network fates, "
+        f"the phase tables and the figures use {OBSERVABLE_NOTE[results.observable]}."
+    )
+
+
+def _recorded_lines(results: Results) -> list[str]:
+    """What the store recorded (thinned layers, or summaries only) and, one line each, what the
+    report cannot compute from it; nothing for a store of every layer."""
+    if results.per_layer:
+        layers = results.layers
+        if layers.size == results.depth + 1:
+            return []
+        return [
+            f"**Recorded layers:** {layers.size} of {results.depth + 1} (every "
+            f"{results.ds.attrs.get('record_every', '?')} layers, and the last); the per-layer "
+            "tests and figures use these, escape layers are exact (per-network scalars).",
+            "",
+        ]
+    return [
+        "**Summary store:** per-network summaries (escape layer, final variance and zero "
+        "fraction, time averages) only. What this report cannot compute from what was recorded:",
+        "",
+        *results.skipped(),
+        "",
+    ]
+
+
 def _fit_summary(fit: pd.DataFrame, eoc_sparsity: bool) -> list[str]:
     if fit.empty:
         return []
@@ -100,7 +160,8 @@ def _fit_summary(fit: pd.DataFrame, eoc_sparsity: bool) -> list[str]:
         lines.append(
             f"- **Clipped, inside the theory window, first-order correction eps_1n <= {EPS_SMALL}:** "
             f"{int(claim['agrees'].sum())} of {len(claim)} cells agree with the GP + 1/N theory at "
-            f"every layer (q mean, q spread, zero fraction, tangent gain; family-wise level "
+            f"every layer (variance mean, variance spread, zero fraction, tangent gain; "
+            f"family-wise level "
             f"{ALPHA:.0%} per cell, Sidak over layers; about {ALPHA * len(claim):.1f} false alarms "
             "expected)."
             + (
@@ -147,17 +208,39 @@ def _width_summary(points: pd.DataFrame, fits: pd.DataFrame, fit: pd.DataFrame) 
     if fits.empty:
         return []
     pooled = fits[fits["group"] == "pooled"].iloc[0]
-    keys = [c for c in points.columns if c in fit.columns]
-    onset = points.merge(fit, on=keys)
+    failing = (
+        "first layer where the fit fails = "
+        f"{points.merge(fit, on=[c for c in points if c in fit])['first_fail_layer'].median():.0f}, "
+        if len(fit)
+        else ""
+    )
     return [
         f"- **Width law (unclipped):** median escape depth ~ N^beta with pooled beta = "
         f"{pooled['beta']:.3f}, 95% bootstrap interval [{pooled['beta_lo']:.3f}, "
         f"{pooled['beta_hi']:.3f}] ({int(pooled['n_widths'])} medians); the 1/N theory's onset "
         f"layer scales with beta = {pooled['beta_theory']:.3f} over the same widths (1/3 "
         "asymptotically). Median over the unclipped cells: onset layer l_pt = "
-        f"{onset['onset_layer'].median():.0f}, first layer where the fit fails = "
-        f"{onset['first_fail_layer'].median():.0f}, median escape depth = "
-        f"{onset['median_escape'].median():.0f}."
+        f"{points['onset_layer'].median():.0f}, {failing}median escape depth = "
+        f"{points['median_escape'].median():.0f}."
+    ]
+
+
+def _asymptotic_summary(law: pd.DataFrame) -> list[str]:
+    if law.empty:
+        return []
+    pooled = law.set_index("group").loc["pooled"]
+    upper = next(c for c in law.columns if c.startswith("beta_from_") and not c.endswith("_se"))
+    groups = law[law["group"] != "pooled"]
+    ratio = groups["T_top"] / groups["T_asymptotic"]
+    return [
+        f"- **Width law, asymptotic regime** (mean escape depth T of the unclipped cells, "
+        f"{len(groups)} groups, widths up to {int(pooled['width_top'])}): pooled exponent "
+        f"{pooled['beta_all']:.3f} +- {pooled['beta_all_se']:.3f} over every width, "
+        f"{pooled[upper]:.3f} +- {pooled[upper + '_se']:.3f} from N = {upper[10:]} on "
+        "(standard errors); the saddle-node law predicts 1/3 asymptotically, and its finite-N "
+        "diffusion theory the smaller local exponents drawn in the width_law figure. At the "
+        f"largest width the measured T is {ratio.min():.2f} to {ratio.max():.2f} times the "
+        "asymptotic C kappa^{-2/3} (D/N)^{-1/3} (docs/theory.md)."
     ]
 
 
@@ -252,7 +335,10 @@ def build_report(results: Results, store: str, out: Path, tables: Tables | None 
     tables = Tables(results) if tables is None else tables
     eoc_sparsity = results.eoc and "sparsity" in results.ds.dims
     points, fits = tables.width_law
-    sections = [_section("fit", tables.fit, store), _section("escape", tables.escape, store)]
+    sections = [
+        *([_section("fit", tables.fit, store)] if results.per_layer else []),
+        _section("escape", tables.escape, store),
+    ]
     if eoc_sparsity:
         sections += [
             _section("width-law", fits, store),
@@ -264,10 +350,16 @@ def build_report(results: Results, store: str, out: Path, tables: Tables | None 
         ]
     if not results.eoc:
         sections.append(_section("sigma", tables.sigma, store))
+    if applies(results):
+        sections += [
+            _section("asymptotic", tables.width_law_summary, store),
+            _section("local", tables.asymptotic_width_law[1], store),
+        ]
     summary = [
         *_fit_summary(tables.fit, eoc_sparsity),
         *_width_summary(points, fits, tables.fit),
         *_window_summary(tables.window),
+        *(_asymptotic_summary(tables.width_law_summary) if applies(results) else []),
     ]
     figures = make_figures(results, out.parent / "figures", tables)
     pngs = [p for p in figures if p.suffix == ".png"]
@@ -281,6 +373,9 @@ def build_report(results: Results, store: str, out: Path, tables: Tables | None 
         f"{results.escape_factor:g} q_ref], git commit {attrs.get('git_commit', '?')}, "
         f"{_wall_time(results)}.",
         "",
+        _observable_line(results),
+        "",
+        *_recorded_lines(results),
         "Reproduce: the sweep from the spec below, then (this draws the figures too)",
         "",
         f"    python -m analysis.report {store}",

@@ -11,6 +11,7 @@ from ._store import Results
 from .fit import ALPHA, fit_table
 from .instability import clip_window, escape_table, jump_table, stability_table, width_law
 from .phase import mc_phase, sigma_mc, theory_phase_of
+from .width_law import local_exponents, mean_escape, width_law_table
 
 
 class Tables:
@@ -32,6 +33,17 @@ class Tables:
     def width_law(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(points, fits) of :func:`analysis.instability.width_law`."""
         return width_law(self.results)
+
+    @cached_property
+    def asymptotic_width_law(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(cells, local exponents) of :mod:`analysis.width_law`: mean escape depths against the
+        asymptotic and diffusion theories."""
+        cells = mean_escape(self.results)
+        return cells, local_exponents(cells) if len(cells) else pd.DataFrame()
+
+    @cached_property
+    def width_law_summary(self) -> pd.DataFrame:
+        return width_law_table(self.results, *self.asymptotic_width_law)
 
     @cached_property
     def stability(self) -> pd.DataFrame:

@@ -5,15 +5,19 @@ the conditional variance; over random networks G^l fluctuates around the GP iter
 E[G] = q + G1/N and Var[G] = V4/N (``simulate.gp.finite_width``). For a cell with activation phi,
 (sigma_w^2, sigma_b^2), initial variance q0 and width N this gives:
 
+    v^l          = G^l itself (the stored conditional variance):
+                 mean q^l + G1^l / N,   sd sqrt(V4^l / N)
     q_hat^l      = (1/N) sum_i h_i^2 = G chi^2_N / N:
                  mean q^l + G1^l / N,   sd sqrt((2 (q^l)^2 + V4^l) / N)   (Var[G chi^2_N / N] =
                  E[2 G^2 / N] + Var[G], to first order in 1/N)
     zero_frac^l  the fraction of the N units on a zero piece of phi, Binomial(N, s(G)) / N given G:
                  mean s(q^l) + [s'(q^l) G1^l + s''(q^l) V4^l / 2] / N,
                  sd sqrt([s (1 - s) + s'(q^l)^2 V4^l] / N)
-    corr^l       c^0 = c0, c^{l+1} = R(c^l)  (R at variance q*; only when q0 = q*)
-    gain^l       chi_1(q^{l-1})              (mean of the tangent gain |t^l|^2 / |t^{l-1}|^2 = e^log_gain;
-                                             undefined at l = 0)
+    corr^l       c^0 = c0, c^{l+1} = R(c^l)  (R at variance q*; only when q0 = q*; for the empirical
+                                             correlation and the conditional one v_corr alike)
+    gain^l       chi_1(q^{l-1})              (mean of the tangent gain |t^l|^2 / |t^{l-1}|^2 = e^log_gain,
+                                             and of its conditional counterpart K_tt^l / K_tt^{l-1} =
+                                             e^v_log_gain, to O(1); undefined at l = 0)
 
 s(q) = P(phi(sqrt(q) z) on a zero piece) is the GP sparsity and s', s'' its q-derivatives
 (:func:`sparsity_derivatives`), from the edges of the zero pieces. Everything is independent of the
@@ -128,29 +132,35 @@ def correlation_iterate(
     return out
 
 
+def correlation_theory(cell: Cell, depth: int, c0: float) -> np.ndarray:
+    """The GP correlation c^l of two inputs started at c0, over layers 0..depth
+    (:func:`correlation_iterate`); NaN unless the cell is on the EoC with q0 = q* and c0 is known."""
+    on_eoc = "q_star" in cell.key and math.isclose(cell.q0, cell.key["q_star"])
+    if on_eoc and math.isfinite(c0):
+        return correlation_iterate(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q0, c0, depth)
+    return np.full(depth + 1, np.nan)
+
+
 def cell_theory(cell: Cell, depth: int, c0: float = math.nan) -> xr.Dataset:
-    """Predictions over ``layer`` for one cell (see the module docstring): q_gp, q_mean, q_sd,
-    g1, v4, zf_mean, zf_sd, corr (NaN unless on the EoC with q0 = q*), chi1 (of the layer below)."""
+    """Predictions over ``layer`` = 0..depth for one cell (see the module docstring): q_gp,
+    q_mean, q_sd, v_mean, v_sd, g1, v4, zf_mean, zf_sd, corr (:func:`correlation_theory`), chi1 (of
+    the layer below). ``<observable>_mean`` and ``<observable>_sd`` are the cell's variance's."""
     act, n = cell.act, cell.width
     base = layer_theory(act, cell.sigma_w2, cell.sigma_b2, cell.q0, depth)
     q, g1, v4 = base["q_gp"], base["g1"], base["v4"]
     s, ds, d2s = base["s"], base["ds"], base["d2s"]
-    on_eoc = "q_star" in cell.key and math.isclose(cell.q0, cell.key["q_star"])
-    corr = (
-        correlation_iterate(act, cell.sigma_w2, cell.sigma_b2, cell.q0, c0, depth)
-        if on_eoc and math.isfinite(c0)
-        else np.full(depth + 1, np.nan)
-    )
     return xr.Dataset(
         {
             "q_gp": q,
             "q_mean": q + g1 / n,
             "q_sd": np.sqrt((2.0 * q**2 + v4) / n),
+            "v_mean": q + g1 / n,
+            "v_sd": np.sqrt(v4 / n),
             "g1": g1,
             "v4": v4,
             "zf_mean": s + (ds * g1 + 0.5 * d2s * v4) / n,
             "zf_sd": np.sqrt((s * (1.0 - s) + ds**2 * v4) / n),
-            "corr": ("layer", corr),
+            "corr": ("layer", correlation_theory(cell, depth, c0)),
             "chi1": base["chi1"],
         }
     )

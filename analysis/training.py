@@ -1,7 +1,7 @@
 """Training sweeps: final accuracy, hidden sparsity through training, and the link between the
 initialisation theory (and Monte Carlo) and what trains.
 
-    python -m analysis.training STORE [--table accuracy|pairs|sparsity|link|correlations]
+    python -m analysis.training STORE [STORE ...] [--table accuracy|pairs|sparsity|link|correlations]
         [--init INIT_STORE]
 
 A training store is written by ``python -m simulate.grid --experiment train`` (schema:
@@ -10,6 +10,12 @@ sparsity | tau, clip, q*, width, depth, lr, run_seed). A *configuration* is a ce
 seed; every table has one row per configuration with a finished run, with statistics over its
 finished runs (the seeds). ``--init`` names a Monte Carlo store of the same activations (``python -m
 simulate.grid``) for the link.
+
+Several stores of one *study* (:class:`StudyTables`): stores trained on the same budget (the same
+images, epochs, optimiser, schedule, batch and probe: ``BUDGET_ATTRS``) with the same parameter axes,
+no configuration in two of them (e.g. a baseline with its learning-rate search, a main grid, a
+larger q*), read as one: each store's per-configuration tables stacked in the order given, the
+clipped-against-unclipped pairs and the rank correlations over the stacked tables.
 
 Definitions.
 
@@ -39,9 +45,14 @@ Definitions.
   training network's depth. The training network's hidden pre-activations h^1..h^L and the Monte
   Carlo's layers 0..L-1 both start at q*, so "escaped within depth L" is
   0 <= escape_layer <= L - 1 (NaN when the init store is shallower than L - 1).
+- The GP input signal of a configuration (``gp_corr_gap``, in the link): 1 - c^L, the correlation
+  of two inputs started at c^0 = 1/2 after L layers of the GP correlation map at q*
+  (:func:`simulate.recommend.correlation_gap`, L = the training depth). On the EoC c^l -> 1; the
+  smaller 1 - c^L, the less the last hidden layer tells two inputs apart at initialisation.
 - ``correlations``: Spearman's rank correlation (two-sided p-value, scipy) between the mean final
-  test accuracy and each predictor (V'(q*); with an init store the Monte Carlo fraction at q* and
-  escaped fraction) over the configurations of each (width, depth, lr), and over all of them.
+  test accuracy and each predictor (V'(q*), the GP input signal; with an init store the Monte Carlo
+  fraction at q* and escaped fraction) over the configurations of each (width, depth, lr), and over
+  all of them.
 """
 
 from __future__ import annotations
@@ -59,9 +70,17 @@ from scipy import stats
 
 from simulate import schema
 from simulate.activations import Activation
+from simulate.recommend import correlation_gap
 
 from ._cli import CommandError, Parser, run_cli
-from ._store import CellProgress, Results, StoreError, _load, _open, check_variables
+from ._store import (
+    CellProgress,
+    Results,
+    StoreError,
+    check_variables,
+    load_dataset,
+    open_dataset,
+)
 from ._table import markdown_table
 from .instability import SPARSITY_TOL, theory_window
 from .tables import Tables
@@ -70,6 +89,8 @@ RUN_DIMS = ("width", "depth", "lr")
 """The run axes of a configuration (besides the parameter axes); ``run_seed`` indexes its runs."""
 
 READ_PARAMS = (
+    "sigma_w2",
+    "sigma_b2",
     "v_slope",
     "gp_sparsity",
     "act_knots",
@@ -81,10 +102,27 @@ READ_PARAMS = (
 
 PREDICTORS = {
     "v_slope": "V'(q*)",
+    "gp_corr_gap": "GP input signal 1 - c^L",
     "mc_frac_stay": "MC fraction at q*",
     "mc_frac_escaped": "MC fraction escaped within depth L",
 }
 """Initialisation statistics set against the final test accuracy (column -> name)."""
+
+
+BUDGET_ATTRS = (
+    "dataset",
+    "data_sha256",
+    "n_train",
+    "n_test",
+    "epochs",
+    "optimizer",
+    "schedule",
+    "warmup",
+    "batch_size",
+    "output_gain",
+    "probe_size",
+)
+"""The attributes of a training store that make its budget: the stores of one study agree on them."""
 
 
 class TrainingResults(CellProgress):
@@ -93,7 +131,7 @@ class TrainingResults(CellProgress):
     def __init__(self, ds: xr.Dataset, path: Path | str = "<memory>"):
         self.path = Path(path)
         _validate(ds, self.path)
-        self.ds = _load(ds, self.path)
+        self.ds = load_dataset(ds, self.path)
 
     @property
     def param_dims(self) -> tuple[str, ...]:
@@ -139,7 +177,7 @@ def open_store(path: Path | str) -> Results | TrainingResults:
     """A Monte Carlo store (:class:`analysis._store.Results`) or a training store
     (:class:`TrainingResults`), told apart by ``attrs["experiment"]`` (init when absent)."""
     path = Path(path)
-    ds = _open(path)
+    ds = open_dataset(path)
     if ds.attrs.get("experiment") == "train":
         return TrainingResults(ds, path)
     return Results(ds, path)
@@ -313,14 +351,22 @@ def link_table(
     theory: pd.DataFrame,
     init: Tables | None = None,
 ) -> pd.DataFrame:
-    """Per configuration: V'(q*), the window and the final test accuracy; with ``init`` (the
-    tables of an init store), the Monte Carlo's fraction at q*, median escape depth and fraction
-    escaped within depth L (module docstring)."""
+    """Per configuration: V'(q*), the window, the GP input signal 1 - c^L and the final test
+    accuracy; with ``init`` (the tables of an init store), the Monte Carlo's fraction at q*, median
+    escape depth and fraction escaped within depth L (module docstring)."""
     table = accuracy[[*tr.config_dims, "n_runs", "n_diverged", "test_acc", "test_acc_sd"]]
     table = table.merge(theory[[*tr.param_dims, "v_slope", "window"]], on=list(tr.param_dims))
+    table["gp_corr_gap"] = [_input_signal(tr, row) for row in table.to_dict("records")]
     if init is not None:
         table = pd.concat([table, _monte_carlo(tr, table, init)], axis=1)
     return table
+
+
+def _input_signal(tr: TrainingResults, row: dict) -> float:
+    """1 - c^L of the configuration ``row`` (module docstring)."""
+    key = {d: row[d] for d in tr.param_dims}
+    sigma_w2, sigma_b2 = (float(tr.ds[v].sel(key)) for v in ("sigma_w2", "sigma_b2"))
+    return correlation_gap(tr.activation(key), row["q_star"], sigma_w2, sigma_b2, int(row["depth"]))
 
 
 def _monte_carlo(tr: TrainingResults, table: pd.DataFrame, init: Tables) -> pd.DataFrame:
@@ -434,10 +480,15 @@ def diverged_runs(tr: TrainingResults) -> pd.DataFrame:
 class TrainingTables:
     """The tables of a training store (and the link to an init store), each computed once."""
 
-    def __init__(self, tr: TrainingResults, init: Results | None = None):
+    def __init__(
+        self, tr: TrainingResults, init: Results | None = None, init_tables: Tables | None = None
+    ):
+        """``init_tables``: the tables of ``init`` when already made (a study shares one)."""
         self.tr = tr
         self.init = init
-        self.init_tables = None if init is None else Tables(init)
+        if init is not None and init_tables is None:
+            init_tables = Tables(init)
+        self.init_tables = init_tables
 
     @cached_property
     def accuracy(self) -> pd.DataFrame:
@@ -476,6 +527,81 @@ class TrainingTables:
         return diverged_runs(self.tr)
 
 
+# -- several stores, one study ----------------------------------------------------------------------
+
+
+def configurations(tr: TrainingResults) -> set[tuple]:
+    """The configurations (``config_dims`` values) of a store with a finished run."""
+    done = tr.done.any("run_seed")
+    return set(_frame(xr.Dataset(), tr.config_dims, done).itertuples(index=False, name=None))
+
+
+def check_one_study(stores: list[TrainingResults]) -> None:
+    """StoreError unless the stores share their budget (``BUDGET_ATTRS``) and parameter axes and no
+    configuration has finished runs in two of them (module docstring)."""
+    first, seen = stores[0], {}
+    for tr in stores:
+        for name in BUDGET_ATTRS:
+            mine, theirs = tr.ds.attrs.get(name), first.ds.attrs.get(name)
+            if mine != theirs:
+                raise StoreError(
+                    f"{tr.path}: trained with {name}={mine}, {first.path} with {name}={theirs}; "
+                    "the stores of one study share their budget"
+                )
+        if tr.config_dims != first.config_dims:
+            raise StoreError(
+                f"{tr.path}: axes {', '.join(tr.config_dims)}, {first.path}: "
+                f"{', '.join(first.config_dims)}; the stores of one study share their axes"
+            )
+        for config in configurations(tr):
+            if config in seen:
+                where = " ".join(f"{d}={v}" for d, v in zip(tr.config_dims, config, strict=True))
+                raise StoreError(
+                    f"{tr.path}: the configuration {where} is also in {seen[config]}; "
+                    "a configuration belongs to one store of a study"
+                )
+            seen[config] = tr.path
+
+
+class StudyTables:
+    """The tables of the training stores of one study (module docstring), each computed once:
+    the attributes of :class:`TrainingTables` that :data:`TABLES` shows. One store: the same
+    tables as its :class:`TrainingTables`."""
+
+    def __init__(self, stores: list[TrainingResults], init: Results | None = None):
+        check_one_study(stores)
+        init_tables = None if init is None else Tables(init)
+        self.parts = [TrainingTables(tr, init, init_tables) for tr in stores]
+
+    def _stacked(self, name: str) -> pd.DataFrame:
+        return pd.concat([getattr(p, name) for p in self.parts], ignore_index=True)
+
+    @cached_property
+    def accuracy(self) -> pd.DataFrame:
+        return self._stacked("accuracy")
+
+    @cached_property
+    def theory(self) -> pd.DataFrame:
+        tr = self.parts[0].tr
+        return self._stacked("theory").drop_duplicates(list(tr.param_dims), ignore_index=True)
+
+    @cached_property
+    def pairs(self) -> pd.DataFrame:
+        return pairs_table(self.parts[0].tr, self.accuracy, self.theory)
+
+    @cached_property
+    def sparsity(self) -> pd.DataFrame:
+        return self._stacked("sparsity")
+
+    @cached_property
+    def link(self) -> pd.DataFrame:
+        return self._stacked("link")
+
+    @cached_property
+    def correlations(self) -> pd.DataFrame:
+        return correlations(self.link)
+
+
 def with_sd(table: pd.DataFrame) -> pd.DataFrame:
     """For display: each column ``x`` with a column ``x_sd`` becomes ``mean ± sd`` text (the sd
     left out where it is NaN: one run)."""
@@ -499,19 +625,27 @@ TABLES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m analysis.training", description="Tables of a training store.")
-    parser.add_argument("results", help="training store (.zarr directory or .nc file)")
+    parser = Parser(
+        prog="python -m analysis.training",
+        description="Tables of a training store, or of the stores of one study.",
+    )
+    parser.add_argument(
+        "results",
+        nargs="+",
+        help="training store(s) (.zarr directory or .nc file); several: one study, same budget",
+    )
     parser.add_argument("--table", choices=sorted(TABLES), default="accuracy")
     parser.add_argument("--init", help="Monte Carlo store of the same activations (for the link)")
     args = parser.parse_args(argv)
-    store = open_store(args.results)
-    if not isinstance(store, TrainingResults):
-        raise StoreError(
-            f"{args.results}: a Monte Carlo store, not a training store "
-            "(python -m simulate.grid --experiment train writes one)"
-        )
+    stores = [open_store(path) for path in args.results]
+    for path, store in zip(args.results, stores, strict=True):
+        if not isinstance(store, TrainingResults):
+            raise StoreError(
+                f"{path}: a Monte Carlo store, not a training store "
+                "(python -m simulate.grid --experiment train writes one)"
+            )
     init = open_init(args.init) if args.init else None
-    print(markdown_table(TABLES[args.table](TrainingTables(store, init))))
+    print(markdown_table(TABLES[args.table](StudyTables(stores, init))))
     return 0
 
 

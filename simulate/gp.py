@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numba
 import numpy as np
 import xarray as xr
 from scipy import integrate, optimize
@@ -148,17 +149,28 @@ def _raw_power_moments(a, b, p: int):
 def _hermite_power_moment(a, w, p: int):
     """P_p(a, a + w) for 0 <= w <= 2 from n(a + t) = n(a) sum_j (-1)^j He_j(a) t^j / j!:
 
-    P_p = n(a) sum_j (-1)^j He_j(a) w^{j+p+1} / (j! (j+p+1))   (80 terms).
+    P_p = n(a) sum_j (-1)^j He_j(a) w^{j+p+1} / (j! (j+p+1))   (80 terms, :func:`_hermite_series`).
     """
-    a_series = np.minimum(a, 40.0)  # beyond, n(a) = 0 anyway; keeps He_j(a) finite
-    hermite_prev, hermite = np.zeros_like(a_series), np.ones_like(a_series)  # He_{-1}, He_0
-    power = w ** (p + 1)  # w^{j+p+1} / j!
-    series = np.zeros_like(a_series * w)
+    return _npdf(a) * _hermite_series(a, w, p)
+
+
+@numba.vectorize(["float64(float64, float64, int64)"], cache=True)
+def _hermite_series(a, w, p):
+    """sum_{j<80} (-1)^j He_j(a') w^{j+p+1} / (j! (j+p+1)), a' = min(a, 40) (beyond, n(a) = 0 anyway;
+    keeps He_j(a') finite), with He_{j+1} = a' He_j - j He_{j-1}. Elementwise, so a scalar call costs
+    what one element does (the clip-window root finders make thousands)."""
+    if a > 40.0:
+        a = 40.0
+    hermite_prev, hermite = 0.0, 1.0  # He_{-1}, He_0
+    # w^{j+p+1} / j!, computed as numpy's w ** k is (a product for k = 2, else libm pow), so the
+    # result is bit for bit the array expression's
+    power = w * w if p == 1 else math.pow(w, float(p + 1))
+    series = 0.0
     for j in range(80):
-        series = series + (-1) ** j * hermite * power / (j + p + 1)
-        hermite_prev, hermite = hermite, a_series * hermite - j * hermite_prev
+        series = series + (-1.0) ** j * hermite * power / (j + p + 1)
+        hermite_prev, hermite = hermite, a * hermite - j * hermite_prev
         power = power * w / (j + 1)
-    return _npdf(a) * series
+    return series
 
 
 def _truncated_power_moment(a, b, p: int):
@@ -673,8 +685,12 @@ def finite_width(act: Activation, sigma_w2, sigma_b2, q0, depth: int, width: int
         G1^{l+1} = V'(q^l) G1^l + (1/2) V''(q^l) V4^l,        G1^0 = 0      (E[G^l]   = q^l + G1^l / N)
         V4^{l+1} = V'(q^l)^2 V4^l + sigma_w^4 Var[phi(x)^2],  V4^0 = 0      (Var[G^l] = V4^l / N)
 
-    with x ~ N(0, q^l). The empirical q_hat = (1/N) sum_i h_i^2 then has mean q^l + G1^l / N and
-    standard deviation sqrt((2 (q^l)^2 + V4^l) / N).
+    with x ~ N(0, q^l). G^l is the stored ``v`` (the Markov state: E[v^{l+1} | v^l] = V(v^l)), so
+
+        v_mean^l = q^l + G1^l / N,     v_sd^l = sqrt(V4^l / N)
+
+    (exact at layer 0: v^0 = q0). The empirical q_hat = (1/N) sum_i h_i^2 is G chi^2_N / N given G,
+    so it has the same mean q^l + G1^l / N and standard deviation sqrt((2 (q^l)^2 + V4^l) / N).
     """
     if int(depth) != depth or depth < 0:
         raise ValueError(f"depth={depth!r}: must be an integer >= 0")
@@ -703,6 +719,16 @@ def finite_width(act: Activation, sigma_w2, sigma_b2, q0, depth: int, width: int
                 {**attrs, "long_name": "1/N-corrected mean of q_hat"},
             ),
             "q_sd": ("layer", sd, {**attrs, "long_name": "predicted std of q_hat over networks"}),
+            "v_mean": (
+                "layer",
+                q + g1 / width,
+                {**attrs, "long_name": "1/N-corrected mean of the conditional variance v"},
+            ),
+            "v_sd": (
+                "layer",
+                np.sqrt(v4 / width),
+                {**attrs, "long_name": "predicted std of v over networks"},
+            ),
             "g1": ("layer", g1, {"long_name": "O(1/N) mean shift coefficient G1"}),
             "v4": ("layer", v4, {"long_name": "O(1/N) variance coefficient V4"}),
         },

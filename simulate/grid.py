@@ -72,9 +72,6 @@ TASK_COST = 5e7
 batched up to it, so that a task takes some tens of milliseconds and joblib's per-task overhead stays
 small."""
 
-N_INPUTS = 2
-"""Inputs per network in a sweep: the default pair at correlation c0."""
-
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep given by ``argv`` (see ``python -m simulate.grid --help``); the exit status."""
@@ -87,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         done = found.intact if found is not None else np.zeros(spec.cell_shape, dtype=bool)
         n_todo = int(done.size - np.count_nonzero(done))
         # before resolve: a huge grid fails
-        _check_resources(spec, run, n_todo, mode != "resume", images)
+        _check_disk(spec, run, n_todo, mode != "resume")
         params = resolve(spec)
-        _check_engine(spec, params)
+        chosen = _check_engine(spec, params)
+        _check_memory(spec, run, mode != "resume", images, chosen)
         if mode == "resume" and not n_todo and not found.damaged:
             print(f"simulate.grid: nothing to do: all {done.size} cells of {run.out} are done")
             _next_steps(run.out)
@@ -107,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 store.Writer(run.out).repair(found, skeleton)
             done = store.Writer(run.out).done()
             n_todo = int(done.size - np.count_nonzero(done))
-            _execute(spec, run, params, done, n_workers, images)
+            _execute(spec, run, params, done, n_workers, images, chosen)
     except SpecError as err:
         print(f"simulate.grid: {err}", file=sys.stderr)
         return 2
@@ -129,13 +127,15 @@ def _existing(
     """What to do at ``run.out``: ("create", None) for a new store; ("resume", what
     ``Writer.inspect`` found) when it holds this sweep (a training sweep: on the same images);
     ("rebuild", None) when it is a sweep store whose metadata cannot be read and ``--repair`` was
-    given. SpecError if it holds something else (without ``--overwrite``), is not a sweep store, or
-    is damaged (without ``--repair``)."""
+    given. SpecError if it holds something else or is damaged (without ``--overwrite``; a damaged one
+    also without ``--repair``), or is not a sweep store."""
     if not run.out.exists():
         return "create", None
     try:
         text = store.read_spec(run.out)
     except store.DamagedStore as err:
+        if run.overwrite:
+            return "create", None
         if run.repair:
             return "rebuild", None
         raise SpecError(
@@ -163,8 +163,13 @@ def _existing(
     writer = store.Writer(run.out)
     stored = writer.attrs.get("data_sha256")
     if images is not None and stored != images.sha256:
+        name, verb = (
+            (spec.dataset, "trained on")
+            if spec.experiment == "train"
+            else (spec.images, "made from")
+        )
         raise SpecError(
-            f"{_where(spec, run)}: other images than the store was trained on "
+            f"{_where(name, run)}: other images than the store was {verb} "
             f"(sha256 {images.sha256[:12]}..., the store's {str(stored)[:12]}...); give the "
             "same data, or --overwrite"
         )
@@ -178,6 +183,7 @@ def _execute(
     done: np.ndarray,
     n_workers: int,
     images: Images | None,
+    chosen: dict[int, dict[str, int]],
 ) -> None:
     """Run the cells not ``done`` in parallel tasks, writing each cell to the store as it arrives.
 
@@ -188,13 +194,18 @@ def _execute(
     if spec.experiment == "train":
         work = f"{spec.epochs} epochs of {spec.dataset} ({images.n_train} images), {spec.optimizer}"
     else:
-        work = f"{spec.nets} nets, depth {spec.depth}, {spec.engine}"
+        inputs = f"{spec.inputs} inputs" + (f" ({spec.images} images)" if spec.images else "")
+        engines_used = ", ".join(f"{name} {n}" for name, n in _engine_counts(chosen).items())
+        work = (
+            f"{spec.nets} nets, depth {spec.depth}, {inputs}, escape on {spec.escape_on}, "
+            f"engine {spec.engine}: {engines_used} cells"
+        )
     _log(
         f"{n_todo} of {done.size} cells to run ({' x '.join(map(str, spec.cell_shape))} over "
         f"{', '.join(spec.cell_dims)}; {work}) on {n_workers} {run.backend} workers -> {run.out}"
     )
     todo = (cell for cell in cells(spec, params) if not done[cell.index])
-    target = min(TASK_COST, _todo_cost(spec, done, images) / (4 * n_workers))
+    target = min(TASK_COST, _todo_cost(spec, params, done, images) / (4 * n_workers))
     batches = _batches(spec, todo, target, run.max_batch, images)
     tasks = (joblib.delayed(run_batch)(spec, batch, run.data) for batch in batches)
     parallel = joblib.Parallel(n_jobs=run.n_jobs, return_as="generator_unordered", batch_size=1)
@@ -258,8 +269,17 @@ def cell_seed(spec: Spec | TrainSpec, cell: SweepCell) -> np.random.SeedSequence
     return np.random.SeedSequence(spec.seed, spawn_key=(cell.flat,))
 
 
-def simulate_cell(spec: Spec, cell: SweepCell) -> dict[str, np.ndarray]:
-    """One cell through the engine, as the stored arrays (``schema.CELL_VARIABLES``)."""
+def simulate_cell(
+    spec: Spec, cell: SweepCell, data_dir: Path | None = None
+) -> dict[str, np.ndarray]:
+    """One cell through the engine, as the stored arrays (``schema.cell_variables``): B inputs of
+    variance q0 with correlations ``input_corr``, or the first B test images of a dataset (from
+    ``data_dir`` for Fashion-MNIST, default the system's), escapes on ``escape_on``; the per-layer
+    variables at the recorded layers (the summaries are the engine run's, from every layer)."""
+    if spec.images:
+        layer0 = {"inputs": _dataset(spec.images, data_dir, None, None).x_test[: spec.inputs]}
+    else:
+        layer0 = {"q0": cell.q0, "c0": spec.input_corr, "n_inputs": spec.inputs}
     ds = engines.run_cell(
         cell.activation,
         cell.sigma_w2,
@@ -267,17 +287,18 @@ def simulate_cell(spec: Spec, cell: SweepCell) -> dict[str, np.ndarray]:
         width=cell.width,
         depth=spec.depth,
         nets=spec.nets,
-        q0=cell.q0,
-        c0=spec.c0,
         q_ref=cell.q_star,
         engine=spec.engine,
         seed=cell_seed(spec, cell),
         escape_factor=spec.escape_factor,
+        escape_on=spec.escape_on,
+        **layer0,
     )
-    ds = ds.isel(pair=0)  # the default input pair has one pair
+    if spec.recorded_layers:
+        ds = ds.sel(layer=list(spec.recorded_layers))
     return {
         name: ds[name].transpose(*var.dims).values.astype(var.dtype)
-        for name, var in schema.CELL_VARIABLES.items()
+        for name, var in schema.cell_variables(spec).items()
     }
 
 
@@ -320,9 +341,8 @@ def run_batch(
     spec: Spec | TrainSpec, batch: list[SweepCell], data_dir: Path | None = None
 ) -> list[tuple[tuple[int, ...], dict]]:
     """A parallel task: (cell index, stored arrays) of each cell of ``batch``."""
-    if spec.experiment == "train":
-        return [(cell.index, train_cell(spec, cell, data_dir)) for cell in batch]
-    return [(cell.index, simulate_cell(spec, cell)) for cell in batch]
+    run_one = train_cell if spec.experiment == "train" else simulate_cell
+    return [(cell.index, run_one(spec, cell, data_dir)) for cell in batch]
 
 
 @functools.lru_cache(maxsize=2)
@@ -354,28 +374,36 @@ class Images:
 
 
 def _images(spec: Spec | TrainSpec, run: Run) -> Images | None:
-    """A training sweep's dataset, loaded and checked against the spec before any work (SpecError:
-    files missing or unreadable, subsets larger than the splits, batches larger than the training
-    set); None for a Monte Carlo sweep."""
-    if spec.experiment != "train":
+    """The dataset of a training sweep, or of a Monte Carlo sweep whose inputs are images, loaded and
+    checked against the spec before any work (SpecError: files missing or unreadable; subsets
+    larger than the splits, batches larger than the training set; more input images than test
+    images, or input images whose Gram matrix is not positive definite); None for other sweeps."""
+    name = spec.dataset if spec.experiment == "train" else spec.images
+    if name is None:
         return None
+    sizes = (spec.train_size, spec.test_size) if spec.experiment == "train" else (None, None)
     try:
-        data = _dataset(spec.dataset, run.data, spec.train_size, spec.test_size)
+        data = _dataset(name, run.data, *sizes)
     except MissingDataError as err:
         raise SpecError(str(err)) from None
     except (ValueError, EOFError) as err:  # a malformed or truncated file
-        raise SpecError(f"{_where(spec, run)}: {err}") from None
+        raise SpecError(f"{_where(name, run)}: {err}") from None
     except OSError as err:
-        raise SpecError(f"{_where(spec, run)}: cannot read it ({err.strerror or err})") from None
+        raise SpecError(f"{_where(name, run)}: cannot read it ({err.strerror or err})") from None
     except ImportError:  # scikit-learn
         raise SpecError(TRAIN_EXTRA) from None
     images = Images.of(data)
-    for name, asked, have, split in (
+    if spec.experiment == "init":
+        _check_input_images(spec, data)
+        return images
+    for field, asked, have, split in (
         ("train_size", spec.train_size, images.n_train, "training"),
         ("test_size", spec.test_size, images.n_test, "test"),
     ):
         if asked is not None and asked > have:
-            raise SpecError(f"{name}={asked}: must be <= {have}, the {split} images of {data.name}")
+            raise SpecError(
+                f"{field}={asked}: must be <= {have}, the {split} images of {data.name}"
+            )
     if spec.batch_size > images.n_train:
         raise SpecError(
             f"batch_size={spec.batch_size}: must be <= the number of training images "
@@ -384,11 +412,31 @@ def _images(spec: Spec | TrainSpec, run: Run) -> Images | None:
     return images
 
 
-def _where(spec: TrainSpec, run: Run) -> str:
-    """Where a training sweep's images come from, as a field of the spec."""
-    if spec.dataset == "fashion-mnist":
+def _check_input_images(spec: Spec, data: Dataset) -> None:
+    """The first B test images X (d pixels) as inputs: B <= the test images, and a positive definite
+    X X^T / d (then K0 = sigma_w^2 X X^T / d + sigma_b^2 1 1^T is too, at every cell)."""
+    have = data.x_test.shape[0]
+    if spec.inputs > have:
+        raise SpecError(
+            f"inputs={spec.inputs}: must be <= {have}, the test images of {data.name} "
+            f"(input_corr={spec.input_corr})"
+        )
+    x = data.x_test[: spec.inputs].astype(float)
+    smallest = float(np.linalg.eigvalsh(x @ x.T / x.shape[1])[0])
+    scale = float(np.mean(x * x))
+    if smallest <= engines.run.SEMIDEFINITE_TOL * scale:
+        raise SpecError(
+            f"inputs={spec.inputs}: the initial Gram matrix X X^T / d of the first {spec.inputs} "
+            f"test images of {data.name} is not positive definite (smallest eigenvalue "
+            f"{smallest:.3g}; d = {x.shape[1]} pixels)"
+        )
+
+
+def _where(name: str, run: Run) -> str:
+    """Where the images of the dataset ``name`` come from, as a field of the spec."""
+    if name == "fashion-mnist":
         return f"data={run.data or FASHION_DIR}"
-    return f"dataset={spec.dataset}"
+    return f"dataset={name}"
 
 
 def _cap_xla_threads() -> None:
@@ -399,12 +447,10 @@ def _cap_xla_threads() -> None:
         limit_cpu_threads()
 
 
-def _engine(spec: Spec, width: int) -> engines.Engine:
-    """The engine whose cost and memory model the scheduler uses at ``width``: the spec's, or for
-    "auto" the cheapest registered (``_check_engine`` has checked the activations)."""
-    if spec.engine != engines.AUTO:
-        return engines.ENGINES[spec.engine]
-    return min(engines.ENGINES.values(), key=lambda e: e.cost(width, N_INPUTS))
+def _cell_engine(spec: Spec, act, width: int) -> engines.Engine:
+    """The engine that runs a Monte Carlo cell: the spec's, or for "auto" the cheapest registered
+    one that supports the activation, the inputs and the escape observable (ValueError if none)."""
+    return engines.select_engine(spec.engine, act, spec.inputs, width, spec.escape_on)
 
 
 TRAIN_FLOPS_PER_NS = 1.0
@@ -416,10 +462,10 @@ def _weights(width: int, depth: int, images: Images) -> int:
     return images.input_dim * width + (depth - 1) * width**2 + width * images.n_classes
 
 
-def _cost(spec: Spec | TrainSpec, width: int, depth: int, images: Images | None) -> float:
+def _cost(spec: Spec | TrainSpec, cell: SweepCell, images: Images | None) -> float:
     """Estimated time of a cell (ns on one core).
 
-    Monte Carlo: nets x layers x the engine's cost per network-layer. Training: its floating-point
+    Monte Carlo: nets x layers x its engine's cost per network-layer. Training: its floating-point
     operations at ``TRAIN_FLOPS_PER_NS``, 2 per weight and image for a forward pass, 3 passes for a
     step (forward, and backward for the activations and the weights):
 
@@ -427,35 +473,46 @@ def _cost(spec: Spec | TrainSpec, width: int, depth: int, images: Images | None)
 
     E epochs, the whole training and test sets evaluated at initialisation and after each epoch."""
     if spec.experiment != "train":
-        return spec.nets * (spec.depth + 1) * _engine(spec, width).cost(width, N_INPUTS)
+        engine = _cell_engine(spec, cell.activation, cell.width)
+        return spec.nets * (spec.depth + 1) * engine.cost(cell.width, spec.inputs, cell.activation)
     steps = images.n_train // spec.batch_size
     passes = 6 * spec.epochs * steps * spec.batch_size
     passes += 2 * (spec.epochs + 1) * (images.n_train + images.n_test)
-    return _weights(width, depth, images) * passes / TRAIN_FLOPS_PER_NS
+    return _weights(cell.width, cell.depth, images) * passes / TRAIN_FLOPS_PER_NS
 
 
-def _todo_cost(spec: Spec | TrainSpec, done: np.ndarray, images: Images | None) -> float:
-    """Total cost of the cells not ``done`` (the cost depends on the run axes only)."""
-    undone = np.count_nonzero(~done, axis=tuple(range(len(spec.param_dims))))
-    total = 0.0
-    for index in np.ndindex(undone.shape):
-        run = {dim: getattr(spec, dim)[i] for dim, i in zip(spec.run_dims, index, strict=True)}
-        depth = run.get("depth", spec.depth)
-        total += undone[index] * _cost(spec, run["width"], depth, images)
-    return total
+def _todo_cost(
+    spec: Spec | TrainSpec, params: Params, done: np.ndarray, images: Images | None
+) -> float:
+    """Total cost of the cells not ``done``."""
+    return sum(_cost(spec, cell, images) for cell in cells(spec, params) if not done[cell.index])
 
 
-def _check_engine(spec: Spec | TrainSpec, params: Params) -> None:
+def _check_engine(spec: Spec | TrainSpec, params: Params) -> dict[int, dict[str, int]]:
     """SpecError unless the engine runs every activation of the sweep at every width (Monte Carlo
-    sweeps; a training network runs any piecewise-linear activation)."""
+    sweeps; a training network runs any piecewise-linear activation). Returns, per width, how many
+    parameter cells each engine runs (empty for training)."""
+    chosen: dict[int, dict[str, int]] = {}
     if spec.experiment != "init":
-        return
-    for index in np.ndindex(spec.param_shape):
-        for width in spec.width:
+        return chosen
+    for width in spec.width:
+        counts = chosen.setdefault(width, {})
+        for index in np.ndindex(spec.param_shape):
             try:
-                engines.select_engine(spec.engine, params.acts[index], N_INPUTS, width)
+                name = _cell_engine(spec, params.acts[index], width).name
             except ValueError as err:
                 raise SpecError(str(err)) from None
+            counts[name] = counts.get(name, 0) + 1
+    return chosen
+
+
+def _engine_counts(chosen: dict[int, dict[str, int]]) -> dict[str, int]:
+    """Cells per engine over the whole sweep."""
+    total: dict[str, int] = {}
+    for counts in chosen.values():
+        for name, n in counts.items():
+            total[name] = total.get(name, 0) + n
+    return total
 
 
 def _batches(
@@ -473,7 +530,7 @@ def _batches(
     (but single big cells) leaves at least four tasks per worker, for load balance."""
     batch, cost = [], 0.0
     for cell in todo:
-        more = _cost(spec, cell.width, cell.depth, images)
+        more = _cost(spec, cell, images)
         if batch and (cost + more > target or len(batch) == max_batch):
             yield batch
             batch, cost = [], 0.0
@@ -493,16 +550,9 @@ def _skeleton(spec: Spec | TrainSpec, params: Params, images: Images | None) -> 
 # Resources and provenance
 
 
-def _check_resources(
-    spec: Spec | TrainSpec, run: Run, n_todo: int, creating: bool, images: Images | None
-) -> None:
-    """SpecError unless the disk can hold the store and memory the work in flight.
-
-    Disk: the uncompressed size of the new store, or of the cells left to write. Memory: the
-    per-parameter table (when creating) and three tasks per worker (joblib pre-dispatches two, one is
-    being written), each the engine's float64 output and its stored copy (about four times a cell's
-    stored bytes) and the engine's working memory (``Engine.workspace``, or
-    :func:`_train_workspace`) at the largest width."""
+def _check_disk(spec: Spec | TrainSpec, run: Run, n_todo: int, creating: bool) -> None:
+    """SpecError unless ``run.out`` is writable and its disk can hold the uncompressed size of the
+    new store, or of the cells left to write."""
     need_disk = store.nbytes(spec) if creating else store.cell_nbytes(spec) * n_todo
     root = next(p for p in (run.out.absolute(), *run.out.absolute().parents) if p.exists())
     writable = root.is_dir() and os.access(root, os.W_OK)
@@ -514,13 +564,30 @@ def _check_resources(
             f"out={run.out}: the store needs up to {_size(need_disk)} but its disk has "
             f"{_size(free)} free (shrink the grid, nets or depth, or choose another --out)"
         )
+
+
+def _check_memory(
+    spec: Spec | TrainSpec,
+    run: Run,
+    creating: bool,
+    images: Images | None,
+    chosen: dict[int, dict[str, int]],
+) -> None:
+    """SpecError unless memory can hold the work in flight: the per-parameter table (when creating)
+    and three tasks per worker (joblib pre-dispatches two, one is being written), each the engine's
+    float64 output and its stored copy (about four times a cell's stored bytes, more for a thinned
+    store: the engine's output has every layer) and the working memory at the largest width (the
+    largest ``Engine.workspace`` of the engines ``chosen`` there, or :func:`_train_workspace`)."""
     widest = max(spec.width)
     if spec.experiment == "train":
         workspace = _train_workspace(spec, widest, max(spec.depth), images)
+        output = 4 * store.cell_nbytes(spec)
     else:
-        workspace = _engine(spec, widest).workspace(widest, N_INPUTS)
-    per_task = 4 * store.cell_nbytes(spec) + workspace
-    need_mem = 3 * joblib.effective_n_jobs(run.n_jobs) * per_task
+        workspace = max(
+            engines.ENGINES[name].workspace(widest, spec.inputs) for name in chosen[widest]
+        )
+        output = 4 * store.cell_nbytes(spec) * (spec.depth + 1) / max(len(spec.recorded_layers), 1)
+    need_mem = 3 * joblib.effective_n_jobs(run.n_jobs) * (output + workspace)
     need_mem += store.param_nbytes(spec) if creating else 0
     available = _available_memory()
     if available is not None and need_mem > available:
@@ -580,12 +647,9 @@ def _provenance(spec: Spec | TrainSpec, images: Images | None) -> dict:
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if images is not None:
-        attrs |= {
-            "n_train": images.n_train,
-            "n_test": images.n_test,
-            "data_sha256": images.sha256,
-            **{f"{name.replace('-', '_')}_version": _version(name) for name in TRAIN_PACKAGES},
-        }
+        attrs |= {"n_train": images.n_train, "n_test": images.n_test, "data_sha256": images.sha256}
+    if spec.experiment == "train":
+        attrs |= {f"{name.replace('-', '_')}_version": _version(name) for name in TRAIN_PACKAGES}
     commit = _git_commit()
     return attrs | ({"git_commit": commit} if commit else {})
 

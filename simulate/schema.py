@@ -4,23 +4,64 @@ and the tests' synthetic stores (:func:`synthetic_store`) all take it from here.
 
 Dimensions. A sweep has parameter axes P (``Spec.param_dims``: ``family, sparsity | tau, clip,
 q_star`` on the Edge of Chaos; ``family, tau, clip, sigma_w2, sigma_b2`` off it), then ``width``;
-a (parameter cell, width) pair is a *cell*. Inside a cell: ``net``, ``layer`` (0 = the inputs'
-pre-activations, to ``depth``), ``input`` (two inputs at correlation c0). The activation
-descriptions run along ``knot`` (as many as the largest K of the sweep).
+a (parameter cell, width) pair is a *cell*. Inside a cell: ``net``; ``layer`` (the recorded layers,
+below); ``input`` (the B = ``inputs`` inputs, b = 0..B-1); ``pair`` (the B(B-1)/2 pairs a < b in
+row-major order (0,1), (0,2), ..., (1,2), ...; coordinate ``pair`` = 0..B(B-1)/2-1, with the
+non-index coordinates ``input_a(pair)``, ``input_b(pair)``; size 1 for the default B = 2, size 0
+for B = 1). The activation descriptions run along ``knot`` (as many as the largest K of the sweep).
 
-    q(P, width, net, layer, input)          float32   empirical variance (1/N) sum_i (h_i^l)^2
-    corr(P, width, net, layer)              float32   empirical correlation of the two inputs
-    zero_frac(P, width, net, layer, input)  float32   fraction of units with phi(h) = 0
-    log_gain(P, width, net, layer)          float32   per-layer tangent gain ln(|t^l|^2 / |t^(l-1)|^2)
-    escape_layer(P, width, net)             int32     first escaped layer, -1 never
+Recorded layers (``record``, ``record_every`` = k). ``record = "layers"``: the ``layer`` coordinate
+holds the true layer numbers 0, k, 2k, ... and always the last layer ``depth`` (k = 1: every layer,
+0 = the inputs' first pre-activations). ``record = "summary"``: no ``layer`` dimension, none of the
+per-layer variables and no ``q_gp``; the per-network summaries and ``escape_layer`` only.
+
+Per-layer variables (``record = "layers"``), at the recorded layers; NaN after a network's escape
+layer, and NaN where the engine does not compute them (``attrs["engine"]``: the sparse engine, which
+``auto`` picks where it is faster, computes v, v_corr, zero_frac, v_log_gain but not q, corr,
+log_gain):
+
+    q(P, width, net, layer, input)          float32   empirical variance (1/N) sum_i (h_bi^l)^2
+    v(P, width, net, layer, input)          float32   conditional variance sigma_w^2 (1/N)
+                                                      sum_i phi(h_bi^(l-1))^2 + sigma_b^2 (layer 0:
+                                                      the input kernel); E[v^l | v^(l-1)] = V(v^(l-1))
+    zero_frac(P, width, net, layer, input)  float32   fraction of units with phi(h_bi^l) = 0
+    corr(P, width, net, layer, pair)        float32   empirical correlation of inputs a, b of the pair
+    v_corr(P, width, net, layer, pair)      float32   conditional correlation K_ab / sqrt(K_aa K_bb)
+    log_gain(P, width, net, layer)          float32   tangent gain ln(|t^l|^2 / |t^(l-1)|^2), input 0
+    v_log_gain(P, width, net, layer)        float32   ln(K_tt^l / K_tt^(l-1)), its conditional variance
+
+Per-network summaries (every ``record``), computed by the engine run from every layer (so exact
+whatever k), with r = escape_layer if the network escaped, else depth (the last layer reached):
+
+    escape_layer(P, width, net)             int32     first layer where some input's escape
+                                                      variance (attrs escape_on: v or q) leaves
+                                                      [q_ref / f, f q_ref]; -1 never, -2 not computed
+    final_v, final_q(P, width, net, input)  float32   v^r, q^r
+    final_zero_frac(P, width, net, input)   float32   zero_frac^r
+    mean_zero_frac(P, width, net, input)    float32   (1 / (r+1)) sum_{l=0..r} zero_frac^l
+    mean_log_gain(P, width, net)            float32   mean of log_gain^l over l = 1..r, the layers
+                                                      where the tangent died (-inf) left out; NaN if
+                                                      none is left (r = 0)
+    mean_v_log_gain(P, width, net)          float32   the same for v_log_gain
+
+Per cell and per parameter cell:
+
     cell_done(P, width)                     bool      the cell's values above are written
     tau, sigma_w2, sigma_b2 (P)             float64   those that are not axes
-    q_gp(P, layer)                          float64   GP iterate q^{l+1} = V(q^l) from q0
+    q_gp(P, layer)                          float64   GP iterate q^{l+1} = V(q^l) from q0, at the
+                                                      recorded layers
     v_slope(P), gp_sparsity(P)              float64   V'(q_ref) and GP sparsity at q_ref
     act_knots(P, knot), act_values(P, knot) float64   the activation's knots and values, NaN-padded
     act_left_slope(P), act_right_slope(P)   float64   its slopes left of the first, right of the last knot
 
-with q_ref = q* on the Edge of Chaos and q0 off it.
+with q_ref = q* on the Edge of Chaos and q0 off it. Every cell variable is stored as one chunk per
+cell, so reading a cell reads one chunk per variable.
+
+Inputs (``attrs``: ``inputs`` = B, ``input_corr``). Layer 0 has rows N(0, K0): K0 = q0 C with
+C_ab = input_corr (a float; then also ``attrs["c0"]``) or the listed pair correlations; or, for
+``input_corr = "images:NAME"``, the first B test images X of that dataset (normalised as
+``simulate.train.data.load_dataset`` does), K0 = (sigma_w^2 / d) X X^T + sigma_b^2. Either way the
+layer-0 conditional variance and correlation are ``v`` and ``v_corr`` at layer 0.
 
 A training sweep (``experiment = "train"``, :class:`~simulate.spec.TrainSpec`) has the parameter
 axes ``family, sparsity | tau, clip, q_star`` (on the Edge of Chaos), then ``width, depth, lr,
@@ -85,9 +126,9 @@ CELL_VARIABLES = {
         "empirical pre-activation variance (1/N) sum_i (h_i^l)^2",
     ),
     "corr": Variable(
-        ("net", "layer"),
+        ("net", "layer", "pair"),
         "float32",
-        "empirical correlation of the pre-activations of the two inputs",
+        "empirical correlation of the pre-activations of the pair's inputs input_a, input_b",
     ),
     "zero_frac": Variable(
         ("net", "layer", "input"),
@@ -107,9 +148,9 @@ CELL_VARIABLES = {
         "sigma_b^2 (layer 0: the input kernel); E[v^l | v^{l-1}] = V(v^{l-1}) exactly",
     ),
     "v_corr": Variable(
-        ("net", "layer"),
+        ("net", "layer", "pair"),
         "float32",
-        "conditional correlation of the two inputs' pre-activations given the previous layer",
+        "conditional correlation of the pair's pre-activations given the previous layer",
     ),
     "v_log_gain": Variable(
         ("net", "layer"),
@@ -119,12 +160,37 @@ CELL_VARIABLES = {
     "escape_layer": Variable(
         ("net",),
         "int32",
-        "first layer where some input's q leaves [q_ref / escape_factor, q_ref * "
-        "escape_factor] (-1: never; -2: cell not computed)",
+        "first layer where some input's escape variance (attrs escape_on: v or q) leaves "
+        "[q_ref / escape_factor, q_ref * escape_factor] (-1: never; -2: cell not computed)",
         fill=-2,
     ),
+    "final_v": Variable(
+        ("net", "input"), "float32", "v at the last layer reached (escape layer, else depth)"
+    ),
+    "final_q": Variable(
+        ("net", "input"), "float32", "q at the last layer reached (escape layer, else depth)"
+    ),
+    "final_zero_frac": Variable(
+        ("net", "input"),
+        "float32",
+        "zero_frac at the last layer reached (escape layer, else depth)",
+    ),
+    "mean_zero_frac": Variable(
+        ("net", "input"), "float32", "mean of zero_frac over the layers 0..last reached"
+    ),
+    "mean_log_gain": Variable(
+        ("net",),
+        "float32",
+        "mean of the finite log_gain over the layers 1..last reached (NaN: none)",
+    ),
+    "mean_v_log_gain": Variable(
+        ("net",),
+        "float32",
+        "mean of the finite v_log_gain over the layers 1..last reached (NaN: none)",
+    ),
 }
-"""Per cell (after the axes P, width): what the engine measures."""
+"""Per cell (after the axes P, width): what the engine measures (the module docstring). Its
+per-layer variables (those with a ``layer`` dim) are left out of a ``record = "summary"`` store."""
 
 TRAIN_CELL_VARIABLES = {
     "train_loss": Variable(("epoch",), "float32", "mean softmax cross-entropy on the training set"),
@@ -196,8 +262,11 @@ COORDINATES = {
     "sigma_b2": "bias variance sigma_b^2",
     "width": "hidden width N",
     "net": "network index within a cell",
-    "layer": "layer index l (0: the inputs' first pre-activations)",
-    "input": "input index (two inputs at correlation c0)",
+    "layer": "layer index l (0: the inputs' first pre-activations); the recorded layers",
+    "input": "input index b",
+    "pair": "pair index p of the inputs a < b (row-major)",
+    "input_a": "first input a of the pair",
+    "input_b": "second input b of the pair",
     "knot": "knot index of the activation description",
 }
 """Long names of the coordinates (all with units ``1``)."""
@@ -214,29 +283,44 @@ TRAIN_COORDINATES = {
 }
 """Long names of the coordinates of a training store (all with units ``1``)."""
 
-INNER_DIMS = ("width", "net", "layer", "input", "knot")
-"""Dimensions that are not parameter axes."""
 
-_INNER = {"init": INNER_DIMS[1:], "train": ("epoch", "probe", "layer", "knot")}
+def _summary(spec: Spec | TrainSpec) -> bool:
+    """A Monte Carlo store without per-layer records (``record = "summary"``)."""
+    return spec.experiment == "init" and spec.record == "summary"
 
 
 def cell_variables(spec: Spec | TrainSpec) -> dict[str, Variable]:
-    """The cell variables of the sweep's experiment."""
-    return CELL_VARIABLES_OF[spec.experiment]
+    """The cell variables of the sweep's experiment (without the per-layer ones in a summary
+    store)."""
+    return stored_variables(spec.experiment, "summary" if _summary(spec) else "layers")
+
+
+def stored_variables(experiment: str, record: str = "layers") -> dict[str, Variable]:
+    """The cell variables of a store of ``experiment`` (``attrs["experiment"]``) with ``record``
+    (``attrs["record"]``; "summary": without the per-layer variables)."""
+    variables = CELL_VARIABLES_OF[experiment]
+    if record == "summary":
+        return {name: var for name, var in variables.items() if "layer" not in var.dims}
+    return variables
 
 
 def param_variables(spec: Spec | TrainSpec) -> tuple[str, ...]:
     """The per-parameter variables of this sweep: tau / sigma_w2 / sigma_b2 unless they are axes
-    (and no ``q_gp`` in a training sweep)."""
+    (and no ``q_gp`` in a training sweep or a summary store)."""
     dropped = (*spec.param_dims, *(_NOT_IN_TRAINING if spec.experiment == "train" else ()))
+    if _summary(spec):
+        dropped += ("q_gp",)
     return tuple(v for v in PARAM_VARIABLES if v not in dropped)
 
 
 def array_names(spec: Spec | TrainSpec) -> tuple[str, ...]:
     """Every array of the store of ``spec``: coordinates, parameter and cell variables, cell_done."""
+    pair_coords = ("input_a", "input_b") if spec.experiment == "init" else ()
     return (
         *spec.cell_dims,
-        *_INNER[spec.experiment],
+        *dim_lengths(spec),
+        *pair_coords,
+        "knot",
         *param_variables(spec),
         *cell_variables(spec),
         "cell_done",
@@ -247,7 +331,9 @@ def dim_lengths(spec: Spec | TrainSpec) -> dict[str, int]:
     """Lengths of the dimensions inside a cell (all but ``knot``)."""
     if spec.experiment == "train":
         return {"epoch": spec.epochs + 1, "probe": len(PROBES), "layer": max(spec.depth)}
-    return {"net": spec.nets, "layer": spec.depth + 1, "input": 2}
+    layers = {"layer": len(spec.recorded_layers)} if not _summary(spec) else {}
+    b = spec.inputs
+    return {"net": spec.nets, **layers, "input": b, "pair": b * (b - 1) // 2}
 
 
 def param_dims(ds: xr.Dataset) -> tuple[str, ...]:
@@ -276,7 +362,7 @@ def param_values(spec: Spec, params: Params) -> dict[str, np.ndarray]:
         "tau": params.tau,
         "sigma_w2": params.sigma_w2,
         "sigma_b2": params.sigma_b2,
-        "q_gp": np.empty((*shape, spec.depth + 1)) if "q_gp" in wanted else None,
+        "q_gp": np.empty((*shape, len(spec.recorded_layers))) if "q_gp" in wanted else None,
         "v_slope": np.empty(shape),
         "gp_sparsity": np.empty(shape),
         "act_knots": np.full((*shape, k), np.nan),
@@ -294,7 +380,7 @@ def param_values(spec: Spec, params: Params) -> dict[str, np.ndarray]:
         sw2, sb2 = params.sigma_w2[index], params.sigma_b2[index]
         if "q_gp" in wanted:
             q_gp = gp.iterate_variance(act, params.q0[index], sw2, sb2, spec.depth)
-            out["q_gp"][index] = q_gp.T
+            out["q_gp"][index] = q_gp[list(spec.recorded_layers)].T
         out["v_slope"][index] = gp.variance_slope(act, q_ref[index], sw2, sb2)
         out["gp_sparsity"][index] = gp.sparsity(act, q_ref[index])
     for i in np.ndindex(shape):
@@ -338,9 +424,14 @@ def attributes(spec: Spec | TrainSpec) -> dict[str, Any]:
         "nets": spec.nets,
         "q0": spec.q0,
         "q_ref": "q_star" if spec.eoc else "q0",
-        "c0": spec.c0,
+        "inputs": spec.inputs,
+        "input_corr": list(corr) if isinstance(corr := spec.input_corr, tuple) else corr,
+        **({"c0": corr} if isinstance(corr, float) else {}),
         "escape_factor": spec.escape_factor,
+        "escape_on": spec.escape_on,
         "engine": spec.engine,
+        "record": spec.record,
+        "record_every": spec.record_every,
     }
 
 
@@ -355,7 +446,9 @@ def coordinates(spec: Spec | TrainSpec, knots: int) -> dict[str, np.ndarray]:
             "layer": np.arange(1, n["layer"] + 1),
         }
     else:
-        inner = {"net": np.arange(n["net"]), "layer": np.arange(n["layer"]), "input": np.arange(2)}
+        inner = {dim: np.arange(length) for dim, length in n.items()}
+        if "layer" in n:
+            inner["layer"] = np.asarray(spec.recorded_layers)
     return {**axes, **inner, "knot": np.arange(knots)}
 
 
@@ -379,6 +472,10 @@ def skeleton(spec: Spec | TrainSpec, values: dict[str, np.ndarray], attrs: dict)
         },
         attrs=attrs,
     )
+    if "pair" in coords:
+        input_a, input_b = np.triu_indices(spec.inputs, k=1)
+        for name, value in (("input_a", input_a), ("input_b", input_b)):
+            ds.coords[name] = ("pair", value, {"long_name": COORDINATES[name], "units": "1"})
     ds["cell_done"] = (spec.cell_dims, np.zeros(spec.cell_shape, dtype=bool), CELL_DONE.attrs)
     return ds
 
@@ -455,6 +552,13 @@ def synthetic_store(
         mask = np.ones((1, 1, 2, 1, 1), bool)  # (family, sparsity, clip, q_star, width)
         mask[:, :, 1] = False
         ds = synthetic_store(fill, done=mask, depth=50)
+
+    or thinned, summary-only, many-input stores (a planted fill gives each per-layer variable over
+    the recorded layers, ``spec.recorded_layers``, and corr / v_corr over the pairs)::
+
+        ds = synthetic_store(grid.simulate_cell, record_every=5, depth=20)   # layers 0, 5, .., 20
+        ds = synthetic_store(grid.simulate_cell, record="summary")          # no layer dimension
+        ds = synthetic_store(grid.simulate_cell, inputs=4, input_corr=0.3)  # 6 pairs
 
     or a training store whose runs are real (digits, the first 64 training images)::
 

@@ -18,6 +18,12 @@ A Monte Carlo sweep is of two kinds:
 Every parameter cell is crossed with every ``width``; a (parameter cell, width) pair is one *cell* of
 the sweep, the unit of work, of storage and of resumption.
 
+A Monte Carlo network gets ``inputs`` = B inputs: of variance q0 with the initial correlations
+``input_corr`` (one value for every pair, or the B(B-1)/2 pairs a < b in row-major order; its former
+name ``c0`` is still read), or the first B test images of a dataset (``input_corr =
+"images:digits"``). Escapes are watched on ``escape_on`` (v or q); ``record`` and ``record_every``
+say what the store keeps (:mod:`simulate.schema`).
+
 A training sweep is on the Edge of Chaos: axes ``family, sparsity | tau, clip, q_star`` as above,
 crossed with ``width, depth, lr, run_seed``; each cell is one training run of a network of ``depth``
 hidden layers, initialised at the EoC for q* (:mod:`simulate.train`). The dataset, epochs,
@@ -67,8 +73,10 @@ from scipy import optimize
 
 from simulate import gp
 from simulate.activations import FAMILIES, Activation
-from simulate.engines import engine_names
+from simulate.engines import ESCAPE_OBSERVABLES, engine_names
+from simulate.engines.run import SEMIDEFINITE_TOL, correlation_matrix
 from simulate.train.data import DATASETS, FASHION_DIR
+from simulate.train.options import OPTIMIZERS, SCHEDULES, missing_modules
 
 BACKENDS = ("loky", "threading", "dask")
 
@@ -76,6 +84,10 @@ EXPERIMENTS = ("init", "train")
 """``init``: random networks at initialisation, by Monte Carlo (the default); ``train``: networks
 trained on a dataset (:mod:`simulate.train`)."""
 INIT, TRAIN = ("init",), ("train",)
+
+RECORDS = ("layers", "summary")
+"""What a Monte Carlo store keeps (``record``): per-layer records and per-network summaries, or the
+summaries only."""
 
 
 class SpecError(ValueError):
@@ -93,6 +105,7 @@ class _Field:
     help: str
     grid: tuple[str, ...] = ()  # the experiments in which it is an axis (a list of values)
     experiments: tuple[str, ...] = EXPERIMENTS  # the experiments that have this key
+    former: str | None = None  # an earlier name of the key, still read (not with the key itself)
 
     @property
     def flag(self) -> str:
@@ -136,6 +149,22 @@ def _q0(token) -> float | str:
     return "q_star" if token == "q_star" else _number(token)
 
 
+IMAGES = "images:"
+"""Prefix of an ``input_corr`` that takes the inputs from a dataset: ``images:digits``."""
+
+
+def _input_corr(token) -> float | tuple[float, ...] | str:
+    """One correlation (a float), several (a tuple, from a TOML array or ``a,b,c``; one value
+    reads as a float) or ``images:NAME``; the values are checked with ``inputs`` (_check_inputs)."""
+    if isinstance(token, str) and token.strip().startswith(IMAGES):
+        return token.strip()
+    parts = token.split(",") if isinstance(token, str) else token
+    values = tuple(_number(t) for t in parts) if isinstance(parts, list) else (_number(parts),)
+    if not values:
+        raise ValueError(token)
+    return values[0] if len(values) == 1 else values
+
+
 _FAMILY_ALLOWED = f"one of {', '.join(FAMILIES)}, or the name of a [shape] in the spec file"
 
 _COUNT = "an integer >= 1 and < 2**31"
@@ -153,14 +182,12 @@ TRAIN_EXTRA = (
 """The refusal of a training sweep where the extra is not installed."""
 
 
-def _train_model():
-    """:mod:`simulate.train.model`, imported on first use: it starts JAX, which only a training
-    sweep needs (``simulate.grid.main`` caps XLA's threads before parsing, so first)."""
-    try:
-        from simulate.train import model
-    except ImportError:
-        raise SpecError(TRAIN_EXTRA) from None
-    return model
+def _train_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` (a training option's allowed values), after checking that the ``[train]`` extra is
+    installed; without importing it, so parsing a training spec does not start JAX."""
+    if missing_modules():
+        raise SpecError(TRAIN_EXTRA)
+    return names
 
 
 VARIANCE_RANGE = (1e-30, 1e30)
@@ -242,6 +269,7 @@ _FIELDS = (
         grid=TRAIN,
     ),
     _Field("nets", _integer, _count, _COUNT, "networks per cell", experiments=INIT),
+    _Field("inputs", _integer, _count, _COUNT, "inputs B per network", experiments=INIT),
     _Field(
         "q0",
         _q0,
@@ -251,12 +279,14 @@ _FIELDS = (
         experiments=INIT,
     ),
     _Field(
-        "c0",
-        _number,
-        lambda c: -1 <= c <= 1,
-        "in [-1, 1]",
-        "correlation of the two inputs",
+        "input_corr",
+        _input_corr,
+        lambda c: not isinstance(c, str) or c[len(IMAGES) :] in DATASETS,
+        "a correlation in (-1, 1) (all pairs), B(B-1)/2 of them (pairs a < b, row-major), or "
+        f"{', '.join(IMAGES + d for d in DATASETS)} (the first B test images)",
+        "initial correlations of the inputs (their variance is q0); or the inputs are images",
         experiments=INIT,
+        former="c0",
     ),
     _Field(
         "engine",
@@ -279,6 +309,32 @@ _FIELDS = (
         lambda f: math.isfinite(f) and f > 1,
         "finite and > 1",
         "a network escapes when its variance leaves [q_ref / f, q_ref * f]",
+        experiments=INIT,
+    ),
+    _Field(
+        "escape_on",
+        _text,
+        lambda e: e in ESCAPE_OBSERVABLES,
+        f"one of {', '.join(ESCAPE_OBSERVABLES)}",
+        "the variance watched for escapes: v (conditional, the Markov state every engine sees) "
+        "or q (empirical; gram and dense only)",
+        experiments=INIT,
+    ),
+    _Field(
+        "record",
+        _text,
+        lambda r: r in RECORDS,
+        f"one of {', '.join(RECORDS)}",
+        "layers: per-layer records (every record_every-th layer) and per-network summaries; "
+        "summary: the summaries only",
+        experiments=INIT,
+    ),
+    _Field(
+        "record_every",
+        _integer,
+        _count,
+        _COUNT,
+        "keep layers 0, k, 2k, ... and the last (record = layers)",
         experiments=INIT,
     ),
     _Field(
@@ -327,7 +383,7 @@ _FIELDS = (
     _Field(
         "optimizer",
         _text,
-        lambda o: o in _train_model().OPTIMIZERS,
+        lambda o: o in _train_names(OPTIMIZERS),
         "one of adam, sgd",
         "adam, or sgd with momentum 0.9",
         experiments=TRAIN,
@@ -335,7 +391,7 @@ _FIELDS = (
     _Field(
         "schedule",
         _text,
-        lambda o: o in _train_model().SCHEDULES,
+        lambda o: o in _train_names(SCHEDULES),
         "one of constant, cosine",
         "learning rate after the warm-up: constant, or cosine decay to 0",
         experiments=TRAIN,
@@ -371,7 +427,6 @@ _FIELDS = (
         lambda p: p != "",
         "a directory",
         f"directory of the Fashion-MNIST IDX files; default {FASHION_DIR}",
-        experiments=TRAIN,
     ),
     _Field(
         "out",
@@ -435,10 +490,14 @@ DEFAULTS = {
     "width": "100,300,1000",
     "depth": 200,
     "nets": 64,
-    "c0": 0.5,
-    "engine": "gram",
+    "inputs": 2,
+    "input_corr": 0.5,
+    "engine": "auto",
     "seed": 0,
     "escape_factor": 10.0,
+    "escape_on": "v",
+    "record": "layers",
+    "record_every": 1,
     "n_jobs": -1,
     "backend": "loky",
     "overwrite": False,
@@ -558,14 +617,33 @@ class Spec(_Sweep):
     depth: int
     nets: int
     q0: float | str
-    c0: float
+    inputs: int
+    input_corr: float | tuple[float, ...] | str
     engine: str
     seed: int
     escape_factor: float
+    escape_on: str
+    record: str
+    record_every: int
     shape: tuple[Shape, ...] | None = None  # the user shapes named in ``family``
 
     experiment: ClassVar[str] = "init"
     run_dims: ClassVar[tuple[str, ...]] = ("width",)
+
+    @property
+    def images(self) -> str | None:
+        """The dataset whose first ``inputs`` test images are the inputs, or None (inputs of
+        variance q0 with correlations ``input_corr``)."""
+        corr = self.input_corr
+        return corr[len(IMAGES) :] if isinstance(corr, str) else None
+
+    @property
+    def recorded_layers(self) -> tuple[int, ...]:
+        """The layers a store keeps per-layer records of: 0, k, 2k, ... and ``depth`` (k =
+        ``record_every``); none with ``record = "summary"``."""
+        if self.record == "summary":
+            return ()
+        return tuple(sorted({*range(0, self.depth + 1, self.record_every), self.depth}))
 
     @property
     def eoc(self) -> bool:
@@ -788,11 +866,14 @@ def parser() -> argparse.ArgumentParser:
             default = f"; default {first[1]}" + "".join(
                 f" ({e}: {v})" for e, v in rest if v != first[1]
             )
+        former = (f"--{f.former.replace('_', '-')}",) if f.former else ()
         p.add_argument(
             f.flag,
+            *former,
             dest=f.name,
             metavar="LIST" if f.grid else f.name.upper(),
-            help=f"{only}{f.help} [{f.allowed}{default}]",
+            help=f"{only}{f.help} [{f.allowed}{default}]"
+            + (f" ({former[0]}: its former name)" if former else ""),
         )
     return p
 
@@ -844,6 +925,7 @@ def _check_keys(data: dict[str, Any], experiment: str) -> None:
 
 def _merge(file: dict, flags: dict) -> dict[str, Any]:
     """Defaults < file < flags, every value typed and checked, the kind of sweep settled."""
+    file = _rename_former(file)
     experiment = _value(_BY_NAME["experiment"], {**file, **flags}.get("experiment", "init"))
     _check_keys({**file, **flags}, experiment)
     for given, other in (("sparsity", "tau"), ("tau", "sparsity")):
@@ -873,7 +955,63 @@ def _merge(file: dict, flags: dict) -> dict[str, Any]:
         return values
     values.setdefault("q0", "q_star" if eoc else 1.0)
     _check_band(values, eoc)
+    _check_inputs(values, given)
+    if values["record"] == "summary" and values["record_every"] != 1:
+        raise SpecError(
+            f"record_every={values['record_every']}: only with record=layers (a summary store "
+            "keeps no layers)"
+        )
     return values
+
+
+_FORMER = {f.former: f.name for f in _FIELDS if f.former}
+
+
+def _rename_former(file: dict) -> dict:
+    """A spec file's keys under their current names (``_Field.former``); SpecError if a file gives
+    both names. (Flags need no renaming: the former flag fills the same field.)"""
+    out = {}
+    for key, value in file.items():
+        name = _FORMER.get(key, key)
+        if name != key and name in file:
+            raise SpecError(f"{key}={_show(value)}: the former name of {name}; give only {name}")
+        out[name] = value
+    return out
+
+
+def _check_inputs(values: dict, given: dict) -> None:
+    """B inputs with initial correlations: every correlation in (-1, 1), one or B(B-1)/2 of them,
+    and a positive definite correlation matrix; images: q0 not given, and at most as many images
+    as the test set has (checked when it is loaded). ``data`` only for images:fashion-mnist."""
+    b, corr = values["inputs"], values["input_corr"]
+    if isinstance(corr, str):
+        if "q0" in given:
+            raise SpecError(
+                f"q0={_show(values['q0'])}: not with input_corr={corr} (the images set the "
+                "inputs' variances)"
+            )
+    else:
+        values_ = corr if isinstance(corr, tuple) else (corr,)
+        for c in values_:
+            if not -1 < c < 1:
+                raise SpecError(f"input_corr={_show(c)}: must be in (-1, 1)")
+        pairs = b * (b - 1) // 2
+        if isinstance(corr, tuple) and len(corr) != pairs:
+            raise SpecError(
+                f"input_corr={_show(corr)}: {len(corr)} values, must be one or B(B-1)/2 = {pairs} "
+                f"(inputs={b}; pairs a < b in row-major order)"
+            )
+        smallest = float(np.linalg.eigvalsh(correlation_matrix(corr, b))[0])
+        if smallest <= SEMIDEFINITE_TOL:
+            raise SpecError(
+                f"input_corr={_show(corr)}: the initial Gram matrix of the {b} inputs is not "
+                f"positive definite (smallest eigenvalue {smallest:.3g} of their correlation matrix)"
+            )
+    if "data" in values and values.get("input_corr") != IMAGES + "fashion-mnist":
+        raise SpecError(
+            f"data={values['data']}: only with input_corr={IMAGES}fashion-mnist (the other "
+            "inputs need no files)"
+        )
 
 
 def _check_training(values: dict) -> None:
@@ -1001,10 +1139,12 @@ _NUMERIC = (_number, _integer, _q0)
 
 def _items(field: _Field, token, grid: bool) -> list:
     """Typed values of one raw token: a TOML scalar or array, or a flag-style string (a comma list
-    for grids and numbers; ranges for numbers)."""
+    for grids and numbers; ranges for numbers). A field of another kind reads the whole token."""
+    if not (grid or field.kind in _NUMERIC):
+        return [_typed(field, token)]
     if isinstance(token, list):
         return [v for t in token for v in _items(field, t, grid)]
-    if not isinstance(token, str) or not (grid or field.kind in _NUMERIC):
+    if not isinstance(token, str):
         return [_typed(field, token)]
     return [v for part in token.split(",") for v in _expand(field, part.strip())]
 

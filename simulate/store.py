@@ -37,12 +37,12 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from simulate.schema import (
-    CELL_VARIABLES_OF,
     PARAM_VARIABLES,
     cell_shape,
     cell_variables,
     dim_lengths,
     param_variables,
+    stored_variables,
 )
 from simulate.spec import Spec, TrainSpec
 
@@ -99,7 +99,7 @@ def create(path: Path, skeleton: xr.Dataset, spec: Spec | TrainSpec) -> None:
             group.create_array(
                 name,
                 shape=shape,
-                chunks=(1,) * n + shape[n:],
+                chunks=(1,) * n + tuple(max(k, 1) for k in shape[n:]),  # one chunk per cell
                 dtype=var.dtype,
                 fill_value=var.fill,
                 compressors=COMPRESSORS,
@@ -151,8 +151,10 @@ def read_spec(path: Path) -> str | None:
 
 
 def _variables_of(group: zarr.Group) -> dict:
-    """The cell variables of the store's experiment (``attrs["experiment"]``; init if absent)."""
-    return CELL_VARIABLES_OF[group.attrs.get("experiment", "init")]
+    """The cell variables of the store (``attrs["experiment"]``, init if absent, and
+    ``attrs["record"]``)."""
+    attrs = group.attrs
+    return stored_variables(attrs.get("experiment", "init"), attrs.get("record", "layers"))
 
 
 def rebuild(path: Path, skeleton: xr.Dataset, spec: Spec | TrainSpec) -> None:
@@ -251,8 +253,11 @@ class Writer:
         return Inspection(done, cells, unreadable, tuple(sorted(arrays)))
 
     def _intact(self, name: str, index: tuple[int, ...]) -> bool:
-        """The chunk of cell ``index`` of the cell variable ``name`` exists and decodes."""
+        """The chunk of cell ``index`` of the cell variable ``name`` exists and decodes (an empty
+        variable, corr with one input, has no chunks)."""
         array = self._arrays[name]
+        if array.size == 0:
+            return True
         key = "/".join(map(str, (*index, *(0,) * (array.ndim - len(index)))))
         if not (self.path / name / "c" / key).is_file():
             return False
@@ -274,6 +279,7 @@ class Writer:
         if absent:
             added = skeleton[absent]
             added = added.drop_vars([c for c in added.coords if c not in absent])
+            kept = dict(self._group.attrs)  # xarray rewrites them (the list of coordinates)
             with _quiet():
                 added.to_zarr(
                     self.path,
@@ -282,6 +288,7 @@ class Writer:
                     consolidated=False,
                     encoding={name: {"compressors": COMPRESSORS} for name in added.variables},
                 )
+                zarr.open_group(self.path, mode="r+").attrs.update(kept)
                 zarr.consolidate_metadata(self.path)
         flags = self._arrays["cell_done"]
         for region in _chunk_regions(flags.shape, flags.chunks):

@@ -474,7 +474,7 @@ def test_network_fates_sort_escapes_by_direction():
             values["q"][1, 4] = 0.01
 
     ds = make_store(clips=(1.0,), widths=(100,), depth=10, seed=12, perturb=perturb)
-    fates = instability.network_fates(next(Results(ds).cells()), 10)
+    fates = instability.network_fates(next(Results(ds).cells()))
     assert list(fates["fate"][:3]) == ["escaped up", "escaped down", "q*"]
     assert fates["final_q"][:2].isna().all() and fates["final_q"][2:].notna().all()
 
@@ -515,7 +515,7 @@ def test_sigma_theory_orders_relu_at_sigma_w2_two():
 
 def test_open_results_squeezes_a_unit_pair_dimension(tmp_path):
     ds = make_store(depth=5, nets=4, widths=(20,))
-    ds["corr"] = ds["corr"].expand_dims("pair", axis=-1)
+    assert ds.sizes["pair"] == 1  # the default input pair
     ds.to_zarr(tmp_path / "p.zarr")
     results = open_results(tmp_path / "p.zarr")
     assert "pair" not in results.ds.dims
@@ -536,10 +536,10 @@ def test_bad_paths_raise_one_line(tmp_path, make, message):
 
 
 def test_store_without_needed_variables_is_refused(tmp_path):
-    make_store(depth=5, nets=4, widths=(20,)).drop_vars(["escape_layer", "q_gp"]).to_zarr(
+    make_store(depth=5, nets=4, widths=(20,)).drop_vars(["escape_layer", "zero_frac"]).to_zarr(
         tmp_path / "partial.zarr"
     )
-    with pytest.raises(StoreError, match="missing escape_layer, q_gp"):
+    with pytest.raises(StoreError, match="missing escape_layer, zero_frac"):
         open_results(tmp_path / "partial.zarr")
 
 

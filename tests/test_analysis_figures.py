@@ -76,7 +76,7 @@ def test_every_figure_of_a_multi_q_star_store_is_faceted_by_q_star(two_q_stars, 
     unclipped cells never escape here, so the survival curves are flat at 1."""
     figures.make_figures(two_q_stars, tmp_path, Tables(two_q_stars))
     assert {"zero_frac_corr_crelu_q1", "zero_frac_corr_crelu_q4"} <= set(drawn)
-    for name in ("variance_maps", "trajectories", "survival"):
+    for name in ("variance_maps", "trajectories", "correlation_map", "survival"):
         titles = [ax.get_title() for ax in drawn[name].axes if ax.get_visible() and ax.get_title()]
         assert any("q* = 1" in t for t in titles) and any("q* = 4" in t for t in titles), name
     survival = [ax for ax in drawn["survival"].axes if ax.get_title()]

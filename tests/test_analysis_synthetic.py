@@ -15,17 +15,20 @@ from collections.abc import Callable
 import numpy as np
 import xarray as xr
 
-from analysis._store import Cell, Results
+from analysis._store import OBSERVED, Cell, Results
 from analysis.theory import cell_theory
 from simulate import gp, schema
 
 PARAM_DIMS = ("family", "sparsity", "clip", "q_star")
 
 
-def theory_sample(cell: Cell, depth: int, c0: float, rng: np.random.Generator) -> dict:
-    """Trajectories drawn from the predicted per-layer distributions: q and zero_frac normal with
-    the 1/N mean and spread; corr normal around the GP R-iterate with spread 0.5/sqrt(N); the gain
-    lognormal with mean chi_1 and log-spread 1/sqrt(N)."""
+def theory_sample(
+    cell: Cell, depth: int, c0: float, rng: np.random.Generator, observable: str = "q"
+) -> dict:
+    """Trajectories drawn from the predicted per-layer distributions: the variance ``observable``
+    (q, or the conditional variance v) and zero_frac normal with the 1/N mean and spread; the
+    correlation (corr or v_corr) normal around the GP R-iterate with spread 0.5/sqrt(N); the gain
+    (log_gain or v_log_gain) lognormal with mean chi_1 and log-spread 1/sqrt(N)."""
     theory = cell_theory(cell, depth, c0)
     nets = cell.data.sizes["net"]
     shape2 = (nets, depth + 1, 2)
@@ -36,11 +39,13 @@ def theory_sample(cell: Cell, depth: int, c0: float, rng: np.random.Generator) -
     col = (slice(None), None)
     sd_log = 1.0 / math.sqrt(cell.width)  # lognormal gain with mean chi_1
     log_chi1 = np.log(np.nan_to_num(theory["chi1"].values, nan=1.0))
+    variance, corr, gain = OBSERVED[observable]
+    mean, sd = theory[f"{observable}_mean"].values[col], theory[f"{observable}_sd"].values[col]
     return {
-        "q": normal(theory["q_mean"].values[col], theory["q_sd"].values[col], shape2),
+        variance: normal(mean, sd, shape2),
         "zero_frac": normal(theory["zf_mean"].values[col], theory["zf_sd"].values[col], shape2),
-        "corr": normal(theory["corr"].values, 0.5 / math.sqrt(cell.width), shape2[:2]),
-        "log_gain": normal(log_chi1 - sd_log**2 / 2, sd_log, shape2[:2]),
+        corr: normal(theory["corr"].values, 0.5 / math.sqrt(cell.width), shape2[:2]),
+        gain: normal(log_chi1 - sd_log**2 / 2, sd_log, shape2[:2]),
     }
 
 
@@ -58,12 +63,14 @@ def make_store(
     seed=0,
     perturb: Perturb | None = None,
     done: bool | np.ndarray = True,
+    observable: str = "q",
 ) -> xr.Dataset:
     """A store in the sweep's schema (``schema.synthetic_store``: coordinates, the real per-cell
     theory and activation descriptions, attributes) whose every cell marked in ``done`` is drawn by
     :func:`theory_sample`, then ``perturb``-ed in place (``perturb(cell, values, rng)`` may edit
     values and set ``values["escape_layer"]``); the other cells keep the schema's fill values.
-    After an escape the trajectory is NaN, as in the real stores."""
+    After an escape the trajectory is NaN, as in the real stores. ``observable="v"``: the cells hold
+    v, v_corr and v_log_gain, with q, corr and log_gain NaN (a sparse-engine store)."""
     ds = schema.synthetic_store(
         family=list(families),
         sparsity=list(sparsities),
@@ -74,20 +81,22 @@ def make_store(
         depth=depth,
     )
     ds["cell_done"][...] = np.broadcast_to(done, ds["cell_done"].shape)
+    ds.attrs["escape_on"] = observable  # the variance the planted values (and escapes) are on
     results = Results(ds)
     rng = np.random.default_rng(seed)
     for cell in results.cells():
-        values = theory_sample(cell, depth, ds.attrs["c0"], rng)
-        values["log_gain"][:, 0] = np.nan
+        values = theory_sample(cell, depth, ds.attrs["c0"], rng, observable)
+        values[OBSERVED[observable][2]][:, 0] = np.nan
         values["escape_layer"] = np.full(nets, -1)
         if perturb is not None:
             perturb(cell, values, rng)
         for net, layer in enumerate(values["escape_layer"]):
             if layer >= 0:
-                for name in ("q", "zero_frac", "corr", "log_gain"):
+                for name in ("zero_frac", *OBSERVED[observable]):
                     values[name][net, layer + 1 :] = np.nan
         for name, value in values.items():
-            ds[name].loc[cell.key] = value
+            target = ds[name].loc[cell.key]
+            ds[name].loc[cell.key] = np.reshape(value, target.shape)  # corr: one pair
     return ds
 
 
@@ -98,12 +107,13 @@ def plant_escapes(times_for: Callable[[Cell, np.random.Generator], np.ndarray]) 
     def perturb(cell: Cell, values: dict, rng: np.random.Generator) -> None:
         if cell.act.clipped:
             return
-        depth = values["q"].shape[1] - 1
+        variance = values["q" if "q" in values else "v"]
+        depth = variance.shape[1] - 1
         times = np.asarray(times_for(cell, rng))
         escaped = times <= depth
         values["escape_layer"] = np.where(escaped, times, -1)
         for net in np.flatnonzero(escaped):
-            values["q"][net, times[net]] = 30.0 * cell.q_ref
+            variance[net, times[net]] = 30.0 * cell.q_ref
 
     return perturb
 

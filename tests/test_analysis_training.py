@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -74,14 +75,14 @@ def _fill(spec, cell) -> dict:
     }
 
 
-def planted(done=True) -> xr.Dataset:
+def planted(done=True, clip=(1.0, "inf")) -> xr.Dataset:
     return schema.synthetic_store(
         _fill,
         done=done,
         experiment="train",
         family="crelu",
         sparsity=0.8,
-        clip=[1.0, "inf"],
+        clip=list(clip),
         q_star=1.0,
         width=16,
         depth=[2, 3],
@@ -212,7 +213,32 @@ def test_link_and_correlations_without_init(tables):
     assert every["n"] == 4
     assert every["rho"] == pytest.approx(-2 / math.sqrt(5), abs=1e-12)
     per_depth = rho[rho["width"].astype(str) != "all"]
-    assert len(per_depth) == 2 and per_depth["rho"].isna().all()  # 2 configurations: undefined
+    assert len(per_depth) == 2 * 2 and per_depth["rho"].isna().all()  # 2 configurations: undefined
+
+
+def correlation_step(act, c, q_star, sigma_w2, sigma_b2, h=0.004, z_max=8.0) -> float:
+    """One step of the GP correlation map on a grid: c' = (sigma_w^2 E[phi(u) phi(v)] +
+    sigma_b^2) / q* for (u, v) ~ N(0, q* [[1, c], [c, 1]]) (V(q*) = q* on the EoC), by the
+    trapezoid rule over z1, z2 in [-8, 8] with u = sqrt(q*) z1, v = sqrt(q*) (c z1 + sqrt(1-c^2) z2)."""
+    z = np.arange(-z_max, z_max + h / 2, h)
+    w = np.exp(-(z**2) / 2) / math.sqrt(2 * math.pi) * h
+    u = act(math.sqrt(q_star) * z)
+    v = act(math.sqrt(q_star) * (c * z[:, None] + math.sqrt(1 - c * c) * z[None, :]))
+    return (sigma_w2 * float(w @ (u[:, None] * v) @ w) + sigma_b2) / q_star
+
+
+def test_gp_input_signal_against_a_grid_integral(tables):
+    """1 - c^L in the link table, from c^0 = 1/2, against the correlation map integrated on a grid
+    (independent of gp.correlation_map's closed forms): within 1e-4 relative."""
+    tr = tables.tr
+    for row in tables.link.to_dict("records"):
+        key = {d: row[d] for d in tr.param_dims}
+        act = tr.activation(key)
+        sw2, sb2 = (float(tr.ds[v].sel(key)) for v in ("sigma_w2", "sigma_b2"))
+        c = 0.5
+        for _ in range(int(row["depth"])):
+            c = correlation_step(act, c, row["q_star"], sw2, sb2)
+        assert row["gp_corr_gap"] == pytest.approx(1 - c, rel=1e-4), row
 
 
 def test_link_with_an_init_store(tables):
@@ -252,6 +278,48 @@ def test_a_partial_training_store():
         "- family=crelu sparsity=0.8 clip=1 q_star=1: width, depth, lr, run_seed "
         "(16, 2, 0.001, 2), (16, 3, 0.001, 2)"
     ]
+
+
+# -- one study in several stores --------------------------------------------------------------------
+
+
+def split_study() -> list[TrainingResults]:
+    """The planted store as a study of two stores: the clipped runs, then the unclipped."""
+    return [TrainingResults(planted(clip=[c]), f"{c}.zarr") for c in (1.0, "inf")]
+
+
+def test_a_study_in_two_stores_reads_as_the_one_store(tables):
+    """Split by clip level, the stacked tables hold the one store's rows; the pairs (clipped
+    against unclipped) and the rank correlations cross the two stores and equal the one store's."""
+    study = training.StudyTables(split_study(), Results(planted_init()))
+    one = TrainingTables(tables.tr, Results(planted_init()))
+    dims = list(tables.tr.config_dims)
+    for name in ("accuracy", "sparsity", "link", "pairs"):
+        mine = getattr(study, name).sort_values(dims).reset_index(drop=True)
+        theirs = getattr(one, name).sort_values(dims).reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, theirs, check_dtype=False)
+    assert len(study.pairs) == 2
+    pd.testing.assert_frame_equal(study.correlations, one.correlations)
+
+
+def test_a_study_refuses_other_budgets_and_shared_configurations():
+    clipped, unclipped = split_study()
+    unclipped.ds.attrs["batch_size"] = 7
+    with pytest.raises(StoreError, match=r"batch_size=7.*share their budget"):
+        training.StudyTables([clipped, unclipped])
+    with pytest.raises(StoreError, match=r"is also in 1\.0\.zarr"):
+        training.StudyTables([clipped, clipped])
+
+
+def test_the_tables_of_a_study_from_the_command_line(tmp_path):
+    paths = [tmp_path / "clipped.zarr", tmp_path / "unclipped.zarr"]
+    for path, clip in zip(paths, (1.0, "inf"), strict=True):
+        planted(clip=[clip]).to_zarr(path)
+    code, stdout, stderr = run(training.main, [*map(str, paths), "--table", "pairs"])
+    assert code == 0, stderr
+    assert len(stdout.splitlines()) == 2 + 2  # header, rule, one pair per depth
+    code, stdout, stderr = run(training.main, [str(paths[0]), str(paths[0])])
+    assert code == 2 and stderr.count("\n") == 1 and "is also in" in stderr and not stdout
 
 
 # -- the commands -----------------------------------------------------------------------------------

@@ -87,18 +87,25 @@ def test_schema(reference):
     spec, _ = parse(GRID)
     cell = ("family", "sparsity", "clip", "q_star", "width")
     assert dict(ds.sizes) == {"family": 2, "sparsity": 2, "clip": 3, "q_star": 2, "width": 2,
-                              "net": 6, "layer": 41, "input": 2, "knot": 4}  # fmt: skip
+                              "net": 6, "layer": 41, "input": 2, "pair": 1, "knot": 4}  # fmt: skip
+    assert ds.input_a.values.tolist() == [0] and ds.input_b.values.tolist() == [1]
     assert list(ds.family.values) == ["crelu", "cst"]
     assert np.isinf(ds["clip"].values[-1])  # ds.clip is the method
     expect = {
         "q": ((*cell, "net", "layer", "input"), np.float32),
-        "corr": ((*cell, "net", "layer"), np.float32),
+        "corr": ((*cell, "net", "layer", "pair"), np.float32),
         "zero_frac": ((*cell, "net", "layer", "input"), np.float32),
         "log_gain": ((*cell, "net", "layer"), np.float32),
         "v": ((*cell, "net", "layer", "input"), np.float32),
-        "v_corr": ((*cell, "net", "layer"), np.float32),
+        "v_corr": ((*cell, "net", "layer", "pair"), np.float32),
         "v_log_gain": ((*cell, "net", "layer"), np.float32),
         "escape_layer": ((*cell, "net"), np.int32),
+        **{
+            name: ((*cell, "net", "input"), np.float32)
+            for name in ("final_v", "final_q", "final_zero_frac", "mean_zero_frac")
+        },
+        "mean_log_gain": ((*cell, "net"), np.float32),
+        "mean_v_log_gain": ((*cell, "net"), np.float32),
         "cell_done": (cell, np.bool_),
         "tau": (cell[:-1], np.float64),
         "sigma_w2": (cell[:-1], np.float64),
@@ -121,7 +128,8 @@ def test_schema(reference):
     assert (ds.escape_layer >= -1).all()
     assert Spec.from_toml(ds.attrs["spec"]) == spec
     assert ds.attrs["seed"] == 7 and ds.attrs["depth"] == 40 and ds.attrs["q0"] == "q_star"
-    assert ds.attrs["engine"] == "gram" and ds.attrs["c0"] == 0.5
+    assert ds.attrs["engine"] == "auto" and ds.attrs["c0"] == 0.5 and ds.attrs["inputs"] == 2
+    assert ds.attrs["escape_on"] == "v" and ds.attrs["record"] == "layers"
     for key in ("escape_factor", "package_version", "numpy_version", "numba_version",
                 "xarray_version"):  # fmt: skip
         assert key in ds.attrs
@@ -173,8 +181,9 @@ def test_values_are_run_cell_with_the_cell_seed(reference):
         got = ds.isel(dict(zip(spec.cell_dims, cell.index, strict=True)))
         want = engines.run_cell(
             cell.activation, cell.sigma_w2, cell.sigma_b2, width=cell.width, depth=40, nets=6,
-            q0=cell.q_star, c0=0.5, q_ref=cell.q_star, seed=children[cell.flat],
-        ).isel(pair=0)  # fmt: skip
+            q0=cell.q_star, c0=0.5, q_ref=cell.q_star, seed=children[cell.flat], engine="auto",
+            escape_on="v",
+        )  # fmt: skip
         for name, var in schema.CELL_VARIABLES.items():
             expected = want[name].transpose(*var.dims).values.astype(var.dtype)
             np.testing.assert_array_equal(got[name].values, expected, err_msg=name)
@@ -361,6 +370,34 @@ BAD = {
                       "escape_factor=1e+99: escape_factor * q_ref must be <= 1e100"),
     "float32 range": (["--q-star", "1e-320"], "q_star=1e-320: must be in [1e-30, 1e30]"),
     "seed range": (["--seed", "9223372036854775808"], "seed=9223372036854775808: must be an"),
+    "escape observable": (["--escape-on", "h"], "escape_on=h: must be one of q, v"),
+    "q escapes on sparse": (["--engine", "sparse", "--escape-on", "q"],
+                            "engine='sparse': cannot run"),
+    "record": (["--record", "all"], "record=all: must be one of layers, summary"),
+    "thinned summary": (["--record", "summary", "--record-every", "5"],
+                        "record_every=5: only with record=layers"),
+    "record_every": (["--record-every", "0"], "record_every=0: must be an integer >= 1"),
+    # many inputs (tests/test_inputs.py)
+    "no inputs": (["--inputs", "0"], "inputs=0: must be an integer >= 1"),
+    "correlation 1": (["--input-corr", "1"], "input_corr=1: must be in (-1, 1)"),
+    "correlation -1": (["--input-corr", "-1"], "input_corr=-1: must be in (-1, 1)"),
+    "in a list": (["--inputs", "3", "--input-corr", "0.1,1.5,0"], "input_corr=1.5: must be in"),
+    "list length": (["--inputs", "3", "--input-corr", "0.1,0.2"],
+                    "input_corr=0.1,0.2: 2 values, must be one or B(B-1)/2 = 3"),
+    "not positive definite": (["--inputs", "3", "--input-corr", "0.9,0.9,-0.9"],
+                              "not positive definite (smallest eigenvalue -0.8"),
+    "equicorrelated, too negative": (["--inputs", "4", "--input-corr", "-0.5"],
+                                     "not positive definite (smallest eigenvalue -0.5"),
+    "unknown dataset": (["--input-corr", "images:mnist"], "input_corr=images:mnist: must be"),
+    "q0 with images": (["--input-corr", "images:digits", "--q0", "1"],
+                       "q0=1: not with input_corr=images:digits"),
+    "more images than the test set": (["--inputs", "361", "--input-corr", "images:digits"],
+                                      "inputs=361: must be <= 360, the test images of digits"),
+    "singular images": (["--inputs", "100", "--input-corr", "images:digits"],
+                        "inputs=100: the initial Gram matrix X X^T / d of the first 100 test"),
+    "sparse with many inputs": (["--inputs", "3", "--engine", "sparse"],
+                                "engine='sparse': cannot run"),
+    "data without fashion": (["--data", "/tmp"], "data=/tmp: only with input_corr=images:fashion"),
 }  # fmt: skip
 
 
@@ -428,7 +465,9 @@ def test_default_sweep():
     assert spec.sparsity == (0.6, 0.7, 0.8, 0.85, 0.9)
     assert spec.clip == (0.5, 1.0, 1.5, 2.0, 3.0, np.inf)
     assert (spec.q_star, spec.width, spec.depth, spec.nets) == ((1.0,), (100, 300, 1000), 200, 64)
-    assert (spec.engine, spec.q0, spec.tau, spec.sigma_w2) == ("gram", "q_star", None, None)
+    assert (spec.engine, spec.q0, spec.tau, spec.sigma_w2) == ("auto", "q_star", None, None)
+    assert (spec.inputs, spec.input_corr, spec.escape_on) == (2, 0.5, "v")
+    assert spec.recorded_layers == tuple(range(201))
     assert run.out == Path("results/default.zarr") and run.n_jobs == -1
     assert spec.cell_shape == (2, 5, 6, 1, 3)
 
@@ -487,10 +526,8 @@ def test_infeasible_cell_is_named():
 def test_batches_cover_every_cell_once():
     spec, _ = parse(GRID)
     todo = list(cells(spec, resolve(spec)))
-    total = grid._todo_cost(spec, np.zeros(spec.cell_shape, dtype=bool), None)
-    assert total == pytest.approx(
-        sum(grid._cost(spec, c.width, c.depth, None) for c in todo), rel=1e-12
-    )
+    total = grid._todo_cost(spec, resolve(spec), np.zeros(spec.cell_shape, dtype=bool), None)
+    assert total == pytest.approx(sum(grid._cost(spec, c, None) for c in todo), rel=1e-12)
     for n_workers, max_batch in ((1, None), (2, None), (2, 1), (4, 5)):
         target = min(grid.TASK_COST, total / (4 * n_workers))
         batches = list(grid._batches(spec, iter(todo), target, max_batch, None))
@@ -508,3 +545,55 @@ def test_example_specs_are_valid():
         resolve(spec)
         assert run.out == Path("results") / f"{path.stem}.zarr"
     assert parse([str(REPO / "specs" / "default.toml")])[0] == parse([])[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Thinned and summary stores
+
+
+THIN = ["--family", "crelu", "--sparsity", "0.85", "--clip", "1,inf", "--width", "16,64",
+        "--depth", "23", "--nets", "8", "--seed", "3", "--n-jobs", "1"]  # fmt: skip
+
+
+def test_thinned_and_summary_stores_keep_the_same_summaries(tmp_path):
+    """record_every = 5 keeps layers 0, 5, .., 20 and the last, 23, with exactly the values of the
+    full record there; record = summary keeps no layer at all. The per-network summaries are the
+    same in all three (computed from every layer, whatever is kept), and agree with the full record:
+    final_v is v at the escape layer (or the last), mean_zero_frac the mean over the layers
+    reached. Every cell variable is one chunk per cell."""
+    stores = {}
+    for name, extra in (("full", []), ("thin", ["--record-every", "5"]),
+                        ("summary", ["--record", "summary"])):  # fmt: skip
+        out = tmp_path / f"{name}.zarr"
+        assert grid.main([*THIN, *extra, "--out", str(out)]) == 0
+        stores[name] = load(out)
+        group = zarr.open_group(out, mode="r")
+        for var in schema.cell_variables(parse([*THIN, *extra])[0]):
+            array = group[var]
+            assert array.chunks == (1,) * 5 + tuple(max(n, 1) for n in array.shape[5:]), var
+    full, thin, summary = stores["full"], stores["thin"], stores["summary"]
+    assert thin.layer.values.tolist() == [0, 5, 10, 15, 20, 23]
+    assert "layer" not in summary.dims and "q_gp" not in summary and "v" not in summary
+    per_layer = [n for n, v in schema.CELL_VARIABLES.items() if "layer" in v.dims]
+    for name in per_layer:
+        xr.testing.assert_identical(thin[name], full[name].sel(layer=thin.layer))
+    xr.testing.assert_identical(thin.q_gp, full.q_gp.sel(layer=thin.layer))
+    summaries = [n for n, v in schema.CELL_VARIABLES.items() if "layer" not in v.dims]
+    for name in summaries:
+        xr.testing.assert_identical(thin[name], full[name])
+        xr.testing.assert_identical(summary[name], full[name])
+    assert thin.attrs["record_every"] == 5 and summary.attrs["record"] == "summary"
+    cells = full.squeeze().stack(c=("clip", "width", "net"))
+    for i in range(cells.sizes["c"]):
+        one = cells.isel(c=i)
+        last = int(one.escape_layer) if int(one.escape_layer) >= 0 else 23
+        np.testing.assert_array_equal(one.final_v, one.v.sel(layer=last))
+        np.testing.assert_allclose(
+            one.mean_zero_frac, one.zero_frac.sel(layer=slice(0, last)).mean("layer"), rtol=1e-6
+        )
+        for gain in ("log_gain", "v_log_gain"):  # over layers 1..last, dead tangents left out
+            values = one[gain].sel(layer=slice(1, last)).values
+            finite = values[np.isfinite(values)]
+            want = finite.mean() if finite.size else np.nan
+            np.testing.assert_allclose(one[f"mean_{gain}"], want, rtol=1e-5, atol=1e-7)
+    assert (full.escape_layer >= 0).any() and (full.escape_layer == -1).any()

@@ -6,6 +6,7 @@ Sweeps run in-process (``grid.main``, one worker), the code the command line run
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -132,3 +133,17 @@ def test_unreadable_root_metadata_needs_repair(untouched, copy, capsys):
     rerun(copy, capsys, "--repair")
     xr.testing.assert_identical(load(copy), load(untouched))
     assert [p.name for p in copy.parent.iterdir()] == ["s.zarr"]
+
+
+def test_a_store_missing_an_array_is_replaced_with_overwrite(untouched, copy, capsys):
+    """A store of an older layout (here: an array gone) is refused as damaged, in one line that
+    offers --repair and --overwrite; --overwrite starts again and ends equal to the untouched."""
+    shutil.rmtree(copy / "final_v")
+    root = json.loads((copy / "zarr.json").read_text())
+    del root["consolidated_metadata"]["metadata"]["final_v"]
+    (copy / "zarr.json").write_text(json.dumps(root))
+    assert grid.main([*GRID, "--out", str(copy)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "a damaged sweep store" in err[0] and "--overwrite" in err[0]
+    rerun(copy, capsys, "--overwrite")
+    xr.testing.assert_identical(load(copy), load(untouched))

@@ -57,6 +57,23 @@ def test_synthetic_store_with_the_engine_is_the_written_store(tmp_path):
         xr.testing.assert_identical(synthetic, written(tmp_path / str(len(values)), values))
 
 
+SMALL = {"family": ["crelu"], "sparsity": [0.85], "clip": [1.0, math.inf], "width": [8],
+         "depth": 9, "nets": 2}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"record_every": 4}, {"record": "summary"}, {"inputs": 3, "input_corr": [0.1, 0.2, 0.3]}],
+    ids=["thinned", "summary", "three inputs"],
+)
+def test_synthetic_thinned_summary_and_many_input_stores_are_the_written_store(tmp_path, extra):
+    """The same for a thinned store (layers 0, 4, 8, 9), a summary store (no layer dimension) and
+    three inputs with pair correlations (pair dimension of 3)."""
+    values = SMALL | extra
+    synthetic = schema.synthetic_store(grid.simulate_cell, **values)
+    xr.testing.assert_identical(synthetic, written(tmp_path, values))
+
+
 def test_synthetic_store_fill_values_and_done_mask():
     """Without a fill: NaN trajectories, escape_layer -2 (not computed), the given done mask."""
     mask = np.zeros((1, 1, 2, 1, 1), bool)

@@ -113,6 +113,24 @@ def test_bad_arguments_name_the_field(kwargs, field):
         initialise(**args)
 
 
+@pytest.mark.parametrize(
+    ("q_star", "kwargs", "field"),
+    [
+        (1e37, {}, "q_star"),  # q* fits float32 (3.4e38) but 10-sd pre-activations squared do not
+        (1e39, {}, "q_star"),  # q* itself beyond float32
+        (1e30, {"output_gain": 1e7}, "output_gain"),
+        (1.0, {"input_ms": 1e-80}, "input_ms"),  # first-layer weights of sd ~ 1e39
+    ],
+)
+def test_float32_overflow_is_refused_in_one_line(q_star, kwargs, field):
+    """ReLU is on the EoC at every q* (sigma_w^2 = 2, sigma_b^2 = 0), so only the float32 range
+    refuses these; the largest accepted case trains finitely (test_train_model)."""
+    with pytest.raises(ValueError, match=f"^{field}=") as err:
+        initialise(ACTS["relu"], q_star, [4, 4, 4], **kwargs)
+    message = str(err.value)
+    assert "\n" not in message and "float32" in message
+
+
 def test_pytree_needs_equal_hidden_widths():
     init = initialise(ACTS["relu"], 1.0, [4, 5, 6, 2])
     assert [w.shape for w in init.weights] == [(5, 4), (6, 5), (2, 6)]

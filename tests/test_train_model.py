@@ -12,8 +12,16 @@ from scipy import stats
 from simulate.activations import Activation
 from simulate.engines import run_cell
 from simulate.train.data import load_dataset
-from simulate.train.init import initialise
-from simulate.train.model import make_phi, pieces_of, probe
+from simulate.train.init import FLOAT32_MAX, TAIL_SD, initialise
+from simulate.train.model import (
+    OptimizerConfig,
+    make_optimizer,
+    make_phi,
+    pieces_of,
+    probe,
+    train_epoch,
+)
+from simulate.train.options import OPTIMIZERS, SCHEDULES
 
 SHAPES = {
     "crelu": Activation.crelu(0.7, 1.2),
@@ -78,3 +86,40 @@ def test_forward_at_initialisation_matches_the_monte_carlo_engine(name):
         diff = a.mean(0) - b.mean(0)
         se = np.sqrt(a.var(0, ddof=1) / nets + b.var(0, ddof=1) / nets)
         assert np.all(np.abs(diff) < z_crit * se), (label, diff / se)
+
+
+def test_largest_accepted_q_star_trains_finitely_in_float32():
+    """ReLU (sigma_w^2 = 2, sigma_b^2 = 0 at every q*) just inside the initialiser's float32 bound,
+    q* = 0.99 float32max / TAIL_SD^2 ~ 3.4e36: the per-layer q, the loss, two Adam steps of one
+    image each and the optimiser state (its second moments are squared gradients) stay finite.
+    The per-layer q of one image sums 8 squares (largest q^l / q* over 50 seeds: 3.2, so the sum
+    stays ~4x inside float32; train_network refuses probes whose sum would not)."""
+    act, q_star = Activation.relu(), 0.99 * FLOAT32_MAX / TAIL_SD**2
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 4)), jnp.float32)
+    y = jnp.asarray([0, 2], jnp.int32)
+    params = initialise(act, q_star, [4, 8, 8, 3], seed=0).pytree()
+    pieces = pieces_of(act)
+    q, _ = probe(params, x[:1], pieces)
+    assert np.all(np.isfinite(np.asarray(q))) and float(np.max(q)) > 1e35
+    config = OptimizerConfig("adam", "constant", total_steps=2)
+    state = make_optimizer(config, 1e-3).init(params)
+    batches = jnp.arange(2).reshape(2, 1)
+    params, state, losses = train_epoch(params, state, x, y, batches, 1e-3, pieces, config)
+    leaves = jax.tree_util.tree_leaves((params, state, losses))
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in leaves)
+
+
+def test_every_named_optimizer_and_schedule_is_built_and_others_refused():
+    """The names a spec may use (simulate.train.options) are the ones the engine builds: each pair
+    takes one finite step on a quadratic; any other name is a ValueError naming the config."""
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.full(3, 0.5)}
+    for name in OPTIMIZERS:
+        for schedule in SCHEDULES:
+            opt = make_optimizer(OptimizerConfig(name, schedule, 10, 2), 1e-2)
+            updates, _ = opt.update(grads, opt.init(params), params)
+            assert np.all(np.isfinite(np.asarray(updates["w"])))
+    for config in (OptimizerConfig("adamw", "constant", 10), OptimizerConfig("adam", "linear", 10)):
+        with pytest.raises(ValueError, match=r"^config="):
+            make_optimizer(config, 1e-2)

@@ -72,6 +72,17 @@ def test_bad_arguments_are_one_line_errors(kwargs, field):
     assert "\n" not in str(err.value)
 
 
+def test_q_star_beyond_the_probes_float32_sum_is_refused():
+    """At q* = 1e34 (inside the initialiser's bound) a probe of 256 images x 300 units sums to
+    ~8e38 > float32 max: refused in one line; with a probe of one image (sum ~3e36) the same
+    network runs and its per-layer q at initialisation is finite."""
+    with pytest.raises(ValueError, match=r"^q_star=") as err:
+        train_network(RELU, 1e34, 2, 300, DIGITS, epochs=1, lr=1e-3)
+    assert "\n" not in str(err.value) and "float32" in str(err.value)
+    res = train_network(RELU, 1e34, 2, 300, DIGITS, epochs=1, lr=1e-3, probe_size=1)
+    assert np.all(np.isfinite(res["q"][0])) and np.all(res["q"][0] > 1e33)
+
+
 def cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "simulate.train.run", *args],

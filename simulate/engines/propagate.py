@@ -232,16 +232,18 @@ def _runner(step: int):
 
 # Cost models of the two engines (registry.Engine.cost), in ns on one core of the development
 # machine (single-threaded BLAS), where one standard normal drawn in Numba from Generator(SFC64)
-# takes about 7 ns: least-squares fits of the CPU time per network-layer at N in 8..4000, B in
-# 1..150, within 20% on most points and 2.2x at worst (B >> N).
+# takes about 7 ns. gram: relative least-squares fit of its N-terms to the CPU time per
+# network-layer at N = 100..3000, B = 1..16 (median error 6%, 39% at worst), its B-only terms from
+# an earlier fit at N = 8..4000, B = 1..150; dense: that earlier fit (within 20% on most points,
+# 2.2x at worst, B >> N).
 
 
 def gram_cost(width: int, n_inputs: int, act: Activation | None = None) -> float:
     """N n draws and activations (n = B + 1 vectors), about N n^2 multiply-adds for the Gram
     matrices and the triangular sample, n^2 pair statistics, n^3 / 3 for the Cholesky factor (any
-    activation): 500 + 11.5 N n + 0.23 N n^2 + 11 n^2 + 0.2 n^3 ns."""
+    activation): 435 + 9.2 N n + 0.2 N n^2 + 11 n^2 + 0.2 n^3 ns."""
     n = n_inputs + 1
-    return 500.0 + 11.5 * width * n + 0.23 * width * n**2 + 11.0 * n**2 + 0.2 * n**3
+    return 435.0 + 9.2 * width * n + 0.2 * width * n**2 + 11.0 * n**2 + 0.2 * n**3
 
 
 def dense_cost(width: int, n_inputs: int, act: Activation | None = None) -> float:

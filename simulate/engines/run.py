@@ -3,7 +3,9 @@ engine, and return the networks' statistics as an xarray Dataset.
 
 Layer 0. Its pre-activations have i.i.d. Gaussian rows h^0_i ~ N(0, K0):
 
-- default pair: K0 = q0 [[1, c0], [c0, 1]], i.e. i.i.d. N(0, q0) coordinates, correlation c0;
+- B = ``n_inputs`` inputs of variance q0 (default: the pair, B = 2): K0 = q0 C with C_bb = 1 and
+  C_ab = c0 for a float c0 (equicorrelated: K0 = q0 [(1 - c0) I + c0 1 1^T]), or C_ab = c0[p] for
+  a list of the B (B-1) / 2 pair correlations (p the pair (a, b), a < b, in row-major order);
 - ``inputs=X`` (B x d raw vectors): h^0 = W^0 x + b^0 with W^0_ij ~ N(0, sigma_w^2 / d) and
   b^0_i ~ N(0, sigma_b^2), i.e. K0 = (sigma_w^2 / d) X X^T + sigma_b^2 1 1^T. Engines sample it
   exactly from K0, so the cost does not depend on d.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
@@ -42,7 +45,8 @@ def run_cell(
     depth: int,
     nets: int,
     q0: float | None = None,
-    c0: float | None = None,
+    c0: float | Sequence[float] | None = None,
+    n_inputs: int = 2,
     q_ref: float | None = None,
     engine: str = "gram",
     seed: int | np.random.SeedSequence = 0,
@@ -57,8 +61,10 @@ def run_cell(
     act : a single :class:`~simulate.activations.Activation` (not a batch)
     sigma_w2, sigma_b2 : weight and bias variances (weights N(0, sigma_w2 / fan_in))
     width, depth, nets : N >= 1 units per layer, depth >= 0 random layers, nets >= 1 networks
-    q0, c0 : variance and correlation of the default input pair at layer 0 (q0 required, c0 default
-        0.5); both must be left None when ``inputs`` is given
+    q0, c0 : variance and correlation(s) of the inputs at layer 0 (q0 required, c0 default 0.5):
+        c0 a float in [-1, 1] (equicorrelated) or the B (B-1) / 2 pair correlations, with a positive
+        semidefinite correlation matrix; both must be left None when ``inputs`` is given
+    n_inputs : B >= 1, the number of inputs of variance q0 (ignored with ``inputs``)
     q_ref : reference variance of the escape band (default: each input's layer-0 variance, K0_bb)
     engine : a registered engine (``engine_names()``: "gram", "dense", ...) or "auto", the
         cheapest one that supports the activation, the number of inputs and ``escape_on``
@@ -67,16 +73,17 @@ def run_cell(
         ``escape_on`` leaves [q_ref / escape_factor, escape_factor * q_ref]; must be > 1 with
         escape_factor * q_ref <= MAX_BAND
     escape_on : "q" (the empirical variance) or "v" (the conditional variance)
-    inputs : optional (B, d) array of raw input vectors, replacing the default pair
+    inputs : optional (B, d) array of raw input vectors, replacing q0 and c0
 
     Returns
     -------
     xarray.Dataset with dimensions ``net`` (nets), ``layer`` (0..depth), ``input`` (B; 2 for the
     default pair) and ``pair`` (B (B-1) / 2: every pair a < b in row-major order, with coordinates
-    ``input_a``, ``input_b``; size 1 for the default pair), and the variables of
+    ``input_a``, ``input_b``; size 1 for the default pair), the variables of
     :class:`~simulate.engines.registry.Outputs` (q, corr, v, v_corr, zero_frac, log_gain,
-    v_log_gain, escape_layer). Those the engine does not compute are NaN;
-    ``attrs["observables"]`` lists the ones it does.
+    v_log_gain, escape_layer) and the per-network summaries of :func:`summaries`, computed from
+    every layer. Those the engine does not compute are NaN; ``attrs["observables"]`` lists the
+    ones it does.
     """
     _check_activation(act)
     sigma_w2 = _check_number("sigma_w2", sigma_w2, lambda x: x > 0, "must be finite and > 0")
@@ -90,7 +97,7 @@ def run_cell(
         raise ValueError(f"escape_on={escape_on!r}: must be one of {', '.join(ESCAPE_OBSERVABLES)}")
     seed_seq = _seed_sequence(seed)
 
-    k0, attrs = layer0_kernel(q0, c0, inputs, sigma_w2, sigma_b2)
+    k0, attrs = layer0_kernel(q0, c0, n_inputs, inputs, sigma_w2, sigma_b2)
     band_lo, band_hi = escape_band(k0, q_ref, escape_factor)
     chosen = select_engine(engine, act, k0.shape[0], width, escape_on)
     problem = Problem(act, sigma_w2, sigma_b2, width, k0, band_lo, band_hi, escape_on)
@@ -115,12 +122,15 @@ def run_cell(
     return output_dataset(out, attrs)
 
 
-def layer0_kernel(q0, c0, inputs, sigma_w2: float, sigma_b2: float) -> tuple[np.ndarray, dict]:
-    """The layer-0 kernel K0 (B x B) of the default pair or of raw ``inputs``, and its attrs."""
+def layer0_kernel(
+    q0, c0, n_inputs, inputs, sigma_w2: float, sigma_b2: float
+) -> tuple[np.ndarray, dict]:
+    """The layer-0 kernel K0 (B x B) of B inputs of variance q0 or of raw ``inputs``, and its
+    attrs."""
     return (
         _input_kernel(inputs, q0, c0, sigma_w2, sigma_b2)
         if inputs is not None
-        else _pair_kernel(q0, c0)
+        else _correlation_kernel(q0, c0, n_inputs)
     )
 
 
@@ -162,17 +172,62 @@ VARIABLES = {
     ),
     "escape_layer": ("net", "layer", "first layer outside the escape band (-1: never)"),
 }
-"""Dataset variables of :func:`run_cell`: dims, units, long_name."""
+"""Per-layer dataset variables of :func:`run_cell`: dims, units, long_name."""
+
+SUMMARIES = {
+    "final_v": (("net", "input"), "pre-activation variance", "v at the last layer reached"),
+    "final_q": (("net", "input"), "pre-activation variance", "q at the last layer reached"),
+    "final_zero_frac": (("net", "input"), "1", "zero_frac at the last layer reached"),
+    "mean_zero_frac": (("net", "input"), "1", "mean of zero_frac over layers 0..last reached"),
+    "mean_log_gain": (("net",), "1", "mean of the finite log_gain over layers 1..last reached"),
+    "mean_v_log_gain": (
+        ("net",),
+        "1",
+        "mean of the finite v_log_gain over layers 1..last reached",
+    ),
+}
+"""Per-network summaries of :func:`run_cell` (:func:`summaries`): dims, units, long_name."""
+
+
+def summaries(out: Outputs) -> dict[str, np.ndarray]:
+    """Per-network summaries of the engine's full per-layer arrays (every layer, whatever a store
+    keeps of them). With r = escape_layer if the network escaped, else depth (the last layer
+    reached; later layers are NaN):
+
+        final_X          = X^r                                   (X = v, q, zero_frac; per input)
+        mean_zero_frac   = (1 / (r + 1)) sum_{l=0}^{r} zero_frac^l                  (per input)
+        mean_log_gain    = mean of log_gain^l over l in 1..r with log_gain^l finite
+        mean_v_log_gain  = the same for v_log_gain
+
+    The gains leave out the layers where the tangent died (-inf); they are NaN when no layer is
+    left (r = 0, or an engine that does not compute that gain). Their mean estimates ln chi_1.
+    """
+    nets, layers, _ = out.v.shape
+    reached = np.where(out.escape_layer >= 0, out.escape_layer, layers - 1)
+    rows = np.arange(nets)
+    within = np.arange(layers)[None, :] <= reached[:, None]  # (net, layer)
+    result = {f"final_{x}": getattr(out, x)[rows, reached] for x in ("v", "q", "zero_frac")}
+    kept = np.where(within[..., None], out.zero_frac, 0.0)  # NaN after the escape layer
+    result["mean_zero_frac"] = kept.sum(axis=1) / (reached[:, None] + 1)
+    for name in ("log_gain", "v_log_gain"):
+        gain = getattr(out, name)
+        kept = within & np.isfinite(gain)
+        count = kept.sum(axis=1)
+        total = np.where(kept, gain, 0.0).sum(axis=1)
+        result[f"mean_{name}"] = np.divide(total, count, out=np.full(nets, np.nan), where=count > 0)
+    return result
 
 
 def output_dataset(out: Outputs, attrs: dict) -> xr.Dataset:
-    """The engine's arrays as a Dataset (module docstring of :func:`run_cell`)."""
+    """The engine's arrays and their :func:`summaries` as a Dataset (module docstring of
+    :func:`run_cell`)."""
     nets, layers, n_inputs = out.q.shape
     input_a, input_b = np.triu_indices(n_inputs, k=1)
+    values = {name: getattr(out, name) for name in VARIABLES} | summaries(out)
     return xr.Dataset(
         {
-            name: (dims, getattr(out, name), {"units": units, "long_name": long_name})
-            for name, (dims, units, long_name) in VARIABLES.items()
+            name: (dims, values[name], {"units": units, "long_name": long_name})
+            for name, (dims, units, long_name) in (VARIABLES | SUMMARIES).items()
         },
         coords={
             "net": np.arange(nets),
@@ -185,13 +240,45 @@ def output_dataset(out: Outputs, attrs: dict) -> xr.Dataset:
     )
 
 
-def _pair_kernel(q0, c0):
-    """K0 = q0 [[1, c0], [c0, 1]] for the default pair, and its attrs."""
+def correlation_matrix(c0: float | Sequence[float], n_inputs: int) -> np.ndarray:
+    """C (B x B): C_bb = 1, C_ab = C_ba = c0 (a float) or c0[p] for the pair p = (a, b), a < b, in
+    row-major order (a sequence of B (B-1) / 2 values; ValueError for another length)."""
+    a, b = np.triu_indices(n_inputs, k=1)
+    values = np.asarray(c0, dtype=float)
+    if values.ndim and values.shape != a.shape:
+        raise ValueError(
+            f"c0={list(values)!r}: must be one correlation or B(B-1)/2 = {a.size} of them "
+            f"(B = {n_inputs} inputs)"
+        )
+    c = np.eye(n_inputs)
+    c[a, b] = c[b, a] = values
+    return c
+
+
+SEMIDEFINITE_TOL = 1e-12
+"""A correlation matrix with an eigenvalue below -SEMIDEFINITE_TOL is not a correlation matrix."""
+
+
+def _correlation_kernel(q0, c0, n_inputs):
+    """K0 = q0 C (:func:`correlation_matrix`) for B = n_inputs inputs, and its attrs."""
     if q0 is None:
-        raise ValueError("q0=None: must be finite and > 0 for the default input pair")
+        raise ValueError("q0=None: must be finite and > 0 when inputs= is not given")
     q0 = _check_number("q0", q0, lambda x: x > 0, "must be finite and > 0")
-    c0 = 0.5 if c0 is None else _check_number("c0", c0, lambda x: abs(x) <= 1, "must be in [-1, 1]")
-    return q0 * np.array([[1.0, c0], [c0, 1.0]]), {"q0": q0, "c0": c0}
+    n_inputs = _check_int("n_inputs", n_inputs, 1)
+    c0 = 0.5 if c0 is None else c0
+    if isinstance(c0, numbers.Real):
+        c0 = _check_number("c0", c0, lambda x: abs(x) <= 1, "must be in [-1, 1]")
+    elif not all(isinstance(c, numbers.Real) and math.isfinite(c) and abs(c) <= 1 for c in c0):
+        raise ValueError(f"c0={list(c0)!r}: every correlation must be in [-1, 1]")
+    c = correlation_matrix(c0, n_inputs)
+    smallest = float(np.linalg.eigvalsh(c)[0])
+    if smallest < -SEMIDEFINITE_TOL:
+        raise ValueError(
+            f"c0={c0!r}: the inputs' correlation matrix is not positive semidefinite "
+            f"(smallest eigenvalue {smallest:.3g})"
+        )
+    shown = c0 if isinstance(c0, float) else [float(x) for x in c0]
+    return q0 * c, {"q0": q0, "c0": shown, "n_inputs": n_inputs}
 
 
 def _input_kernel(inputs, q0, c0, sigma_w2, sigma_b2):

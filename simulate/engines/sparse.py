@@ -19,8 +19,10 @@ the classes that need values, each from its exact conditional distribution. Rows
 
 B = 1 (rows (h, t), h ~ N(0, K_00)). Classes: the pieces, with probabilities
 Phi(hi_p / sigma) - Phi(lo_p / sigma), sigma^2 = K_00. A row on a sloped piece draws
-h = sigma z, z from the standard normal truncated to [lo_p, hi_p) / sigma, then the tangent from
-its Gaussian conditional t = L_10 z + L_11 g (L = chol(K), g ~ N(0, 1)).
+h = sigma z, z from the standard normal truncated to [lo_p, hi_p) / sigma; its tangent follows the
+Gaussian conditional t = L_10 z + L_11 g (L = chol(K), g ~ N(0, 1)), which enters S only through
+sum_i a_i g_i, sum_i z_i g_i and sum_i g_i^2 over the piece's rows: those are drawn at once from two
+normals and a chi-square (:func:`tangent_sums`), exactly, instead of one normal per row.
 
 B = 2 (rows (h_0, h_1, t)), with S the set of sloped pieces and F the flat ones. Classes:
 
@@ -348,6 +350,24 @@ def full_layer(K, width, pieces, rng, L, S, zeros):
 
 
 @njit(cache=True, nogil=True)
+def tangent_sums(n, sum_a, slope, sum_z, spread, rng):
+    """(sum_i a_i g_i, sum_i z_i g_i, sum_i g_i^2) for g i.i.d. N(0, 1) (n of them), given the rows'
+    z_i and a_i = alpha + slope z_i on one piece, with sum_a, sum_z and spread = |z - mean(z)|,
+    drawn exactly from three variates instead of n.
+
+    With the orthonormal e_1 = 1 / sqrt(n) and e_2 = (z - mean(z)) / spread, G_k = e_k . g are
+    i.i.d. N(0, 1) and |g|^2 - G_1^2 - G_2^2 is chi^2 with n - 2 degrees of freedom, independent of
+    them (n - 1 and no G_2 when spread = 0, e.g. n = 1). Then z . g = sum_z / sqrt(n) G_1 +
+    spread G_2 and a . g = sum_a / sqrt(n) G_1 + slope spread G_2 (a is affine in z)."""
+    root = math.sqrt(n)
+    g1 = rng.standard_normal()
+    g2 = rng.standard_normal() if spread > 0.0 else 0.0
+    rest = n - (2 if spread > 0.0 else 1)
+    gg = g1 * g1 + g2 * g2 + (2.0 * rng.standard_gamma(0.5 * rest) if rest > 0 else 0.0)
+    return sum_a / root * g1 + slope * spread * g2, sum_z / root * g1 + spread * g2, gg
+
+
+@njit(cache=True, nogil=True)
 def sparse_layer_1(K, width, pieces, rng, work, S, zeros):
     """B = 1: add to S (2 x 2) and zeros (1) the sums over N rows (h, t) ~ N(0, K) (module
     docstring). Returns False, having drawn nothing, if K is degenerate (K_00 = 0)."""
@@ -374,19 +394,31 @@ def sparse_layer_1(K, width, pieces, rng, work, S, zeros):
             s00 += n * y * y
             z0 += n if y == 0.0 else 0
             continue
+        if n == 0:
+            continue
         x0 = anchor_x[p]
         row, strip, guide, tail = table[p], strips[0, p], guides[0, p], tails[0, p]
         if n >= STRIP_MIN_DRAWS:
             prepare_strips(row, strip, guide, tail)
         fill_truncated(row, strip, guide, tail, rng, zbuf[:n])
+        sum_a = sum_z = sum_az = 0.0
         for i in range(n):
             z = zbuf[i]
             a = y + s * (sigma * z - x0)
-            d = s * (l10 * z + l11 * rng.standard_normal())
             s00 += a * a
-            s0t += a * d
-            stt += d * d
+            sum_a += a
+            sum_z += z
+            sum_az += a * z
             z0 += a == 0.0
+        # the tangent terms d_i = s (l10 z_i + l11 g_i) through the projections of g (tangent_sums)
+        mean_z = sum_z / n
+        spread = 0.0
+        for i in range(n):
+            spread += (zbuf[i] - mean_z) ** 2
+        sum_zz = spread + n * mean_z * mean_z
+        ag, zg, gg = tangent_sums(n, sum_a, s * sigma, sum_z, math.sqrt(spread), rng)
+        s0t += s * (l10 * sum_az + l11 * ag)
+        stt += s * s * (l10 * l10 * sum_zz + 2.0 * l10 * l11 * zg + l11 * l11 * gg)
     S[0, 0] += s00
     S[0, 1] += s0t
     S[1, 0] += s0t
@@ -721,14 +753,17 @@ def supports(act: Activation, n_inputs: int) -> str | None:
     return None
 
 
-LAYER_NS = 2500.0
-"""Fixed cost of a layer (ns): the truncation tables, the binomials of the class counts, the strip
-set-up of the sloped pieces, the loop."""
-BVN_NS = 450.0
+LAYER_NS = (0.0, 1200.0, 2970.0)
+"""Fixed cost of a layer (ns) for B = 1 and B = 2: the truncation tables, the binomials of the
+class counts, the strip set-up of the sloped pieces, the loop."""
+PIECE_NS = 58.0
+"""Per piece of the activation, B = 1 (ns): its truncation row and count."""
+BVN_NS = 284.0
 """One point of the bivariate normal CDF grid (ns); a B = 2 layer needs (P - 1)^2 for P pieces."""
-ROW_NS = (0.0, 28.0, 47.0)
-"""Per drawn row and input (ns), B = 1 and B = 2: a truncated normal, the tangent (and the other
-input), the piece lookups and the sums."""
+ROW_NS = (0.0, 18.0, 44.0)
+"""Per drawn row and input (ns), B = 1 and B = 2: a truncated normal, the tangent (B = 2: and the
+other input), the piece lookups and the sums. (B = 1: re-measured with benchmarks/engines.py at
+N = 3000 once the tangent's sums were drawn per piece, :func:`tangent_sums`; it was 35.)"""
 TYPICAL_SLOPED = 0.15
 """Fraction of rows on sloped pieces assumed when the activation is not known."""
 
@@ -741,15 +776,24 @@ def sloped_mass(act: Activation, q: float) -> float:
 
 
 def sparse_cost(width: int, n_inputs: int, act: Activation | None = None, q: float = 1.0) -> float:
-    """Estimated ns per network-layer (the registry's ``cost``): LAYER_NS, plus (P - 1)^2 BVN_NS for
-    B = 2, plus ROW_NS[B] for each of the B N P(sloped) drawn rows, P(sloped) at variance q (the
-    activation's pieces; TYPICAL_SLOPED without it). Calibrated so that its ratio to the Gram
-    engine's model matches the speedups of benchmarks/sparse.py (CReLU, m = 1, at the EoC with
-    q* = 1, s = 0.5 to 0.9, N = 1000 and 10000)."""
+    """Estimated ns per network-layer (the registry's ``cost``), with P pieces and f = P(sloped)
+    at variance q (the activation's; P = 3 and f = TYPICAL_SLOPED without it):
+
+        B = 1:  LAYER_NS[1] + PIECE_NS P            + ROW_NS[1] N f
+        B = 2:  LAYER_NS[2] + BVN_NS (P - 1)^2      + ROW_NS[2] 2 N f
+
+    A relative least-squares fit of the CPU time per network-layer (one core, escape on v, the
+    Generator the engines use) of CReLU and CST at the EoC with q* = 1, sparsity 0.5 to 0.9,
+    clipped at m = 1 and 3 and unclipped, N = 100, 300, 1000, 3000: median error 15% (B = 1) and
+    13% (B = 2), 50% at worst (ROW_NS[1] since re-measured). Against :func:`~simulate.engines.propagate.gram_cost` (fitted to the
+    same runs) it picks the faster engine in 177 of 192 such cells (B = 1 and 2); in the other 15
+    the measured speed ratio was within 30% of a tie (one measurement on a shared machine scatters
+    by 10 to 20%)."""
     fraction = TYPICAL_SLOPED if act is None else sloped_mass(act, q)
     n_pieces = 3 if act is None else act.pieces.slope.size
-    fixed = LAYER_NS + (BVN_NS * (n_pieces - 1) ** 2 if n_inputs == 2 else 0.0)
-    return fixed + ROW_NS[min(n_inputs, MAX_INPUTS)] * n_inputs * width * fraction
+    b = min(n_inputs, MAX_INPUTS)
+    fixed = LAYER_NS[b] + (BVN_NS * (n_pieces - 1) ** 2 if b == 2 else PIECE_NS * n_pieces)
+    return fixed + ROW_NS[b] * n_inputs * width * fraction
 
 
 def run(problem: Problem, rng: np.random.Generator, out: Outputs) -> None:

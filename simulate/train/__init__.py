@@ -3,6 +3,7 @@
 
 - :mod:`simulate.train.init`: the public initialiser (numpy arrays, a JAX pytree, a PyTorch recipe);
 - :mod:`simulate.train.data`: the datasets (scikit-learn's digits, Fashion-MNIST from IDX files);
+- :mod:`simulate.train.options`: the optimiser and schedule names a spec may use (no JAX);
 - :mod:`simulate.train.model`: the JAX forward pass, loss, optimiser and jitted epoch;
 - :mod:`simulate.train.run`: one training run -> per-epoch numpy arrays (``train_network``).
 

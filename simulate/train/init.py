@@ -14,6 +14,17 @@ later layer starts at the variance fixed point q^l = V(q^{l-1}) = q*. ``output_g
 output layer (g = 1: one more EoC layer, logits of variance q*; g = 0: zero logits at the start).
 
 Weights are stored as (fan_out, fan_in), the layout of ``torch.nn.Linear.weight``, in float32.
+
+Float32 range. Training squares the hidden pre-activations (q^l = mean h^2; variance q* in every
+layer), and Adam squares the gradients, whose largest are those of the output layer's error sent back
+through the hidden layers: of order g sigma_w^2 E[phi(h)^2] <= g q* (sigma_w^2 E[phi^2] = q* -
+sigma_b^2 at the fixed point). With ``TAIL_SD`` = 10 standard deviations as the largest draw, a
+network is refused unless
+
+    TAIL_SD^2 max(1, g) q* < float32 max   and   TAIL_SD sqrt(var) < float32 max
+
+for every weight and bias variance var above (one-line ValueError naming ``q_star``, ``output_gain``
+or ``input_ms``).
 """
 
 from __future__ import annotations
@@ -27,6 +38,10 @@ import numpy as np
 
 from simulate import gp
 from simulate.activations import Activation
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+TAIL_SD = 10.0
+"""The largest draw, in standard deviations, that must stay inside float32 (module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -111,18 +126,15 @@ def initialise(
     eoc = gp.edge_of_chaos(act, q_star)
     sigma_w2, sigma_b2 = float(eoc.sigma_w2), float(eoc.sigma_b2)
     sigma_in2 = (q_star - sigma_b2) / input_ms
+    variances = _layer_variances(widths, sigma_in2, sigma_w2, sigma_b2, output_gain)
+    _check_float32({"q_star": q_star, "output_gain": output_gain, "input_ms": input_ms}, variances)
     seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     rng = np.random.Generator(np.random.PCG64(seq))
 
-    n_layers = len(widths) - 1
     weights, biases = [], []
-    for l, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
-        if l == 0:
-            w_var, b_var = sigma_in2 / fan_in, sigma_b2
-        elif l < n_layers - 1:
-            w_var, b_var = sigma_w2 / fan_in, sigma_b2
-        else:
-            w_var, b_var = output_gain * sigma_w2 / fan_in, output_gain * sigma_b2
+    for (fan_in, fan_out), (w_var, b_var, _) in zip(
+        itertools.pairwise(widths), variances, strict=True
+    ):
         weights.append(
             (math.sqrt(w_var) * rng.standard_normal((fan_out, fan_in))).astype(np.float32)
         )
@@ -130,3 +142,38 @@ def initialise(
     return Initialisation(
         tuple(weights), tuple(biases), float(q_star), sigma_w2, sigma_b2, sigma_in2, output_gain
     )
+
+
+def _layer_variances(widths, sigma_in2, sigma_w2, sigma_b2, output_gain):
+    """Per layer 1..L+1: (weight variance, bias variance, the argument that sets its scale)."""
+    n_layers = len(widths) - 1
+    out = []
+    for l, fan_in in enumerate(widths[:-1]):
+        if l == 0:
+            out.append((sigma_in2 / fan_in, sigma_b2, "input_ms"))
+        elif l < n_layers - 1:
+            out.append((sigma_w2 / fan_in, sigma_b2, "q_star"))
+        else:
+            out.append((output_gain * sigma_w2 / fan_in, output_gain * sigma_b2, "output_gain"))
+    return out
+
+
+def _check_float32(values: dict, variances) -> None:
+    """One-line ValueError, naming the argument in ``values`` to blame, for a network that would
+    overflow float32 in training (module docstring)."""
+    limit = FLOAT32_MAX / TAIL_SD**2
+    q_star, gain = values["q_star"], values["output_gain"]
+    for name, scale in (("q_star", q_star), ("output_gain", max(1.0, gain) * q_star)):
+        if not scale < limit:
+            raise ValueError(
+                f"{name}={values[name]!r}: overflows float32 in training ({TAIL_SD:g}^2 max(1, "
+                f"output_gain) q_star = {TAIL_SD**2 * scale:.3g}); max(1, output_gain) q_star "
+                f"must be < {limit:.3g}"
+            )
+    for l, (w_var, b_var, name) in enumerate(variances, start=1):
+        sd = math.sqrt(max(w_var, b_var))
+        if not TAIL_SD * sd < FLOAT32_MAX:
+            raise ValueError(
+                f"{name}={values[name]!r}: overflows float32 in layer {l}'s weights or biases "
+                f"(standard deviation {sd:.3g}; must be < {FLOAT32_MAX / TAIL_SD:.3g})"
+            )

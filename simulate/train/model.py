@@ -25,11 +25,7 @@ import optax
 from jax import lax
 
 from simulate.activations import Activation
-
-OPTIMIZERS = ("adam", "sgd")
-"""``adam``: optax.adam (b1 0.9, b2 0.999, eps 1e-8); ``sgd``: SGD with heavy-ball momentum."""
-SCHEDULES = ("constant", "cosine")
-"""Learning rate after a linear warm-up from 0: constant, or cosine decay to 0 at the last step."""
+from simulate.train.options import OPTIMIZERS, SCHEDULES
 
 
 def pieces_of(act: Activation) -> tuple[jax.Array, ...]:
@@ -110,7 +106,14 @@ def make_optimizer(config: OptimizerConfig, lr):
 
     lr_t = lr t / T_w                                     for t < T_w (warm-up; T_w = warmup_steps)
     lr_t = lr, or lr (1 + cos(pi (t - T_w) / (T - T_w))) / 2   after (constant, cosine; T = total)
+
+    ValueError for a name outside those tuples.
     """
+    if config.name not in OPTIMIZERS or config.schedule not in SCHEDULES:
+        raise ValueError(
+            f"config={config}: the optimizer must be one of {', '.join(OPTIMIZERS)} and the "
+            f"schedule one of {', '.join(SCHEDULES)}"
+        )
     warmup = config.warmup_steps
     if config.schedule == "constant":
         rate = optax.join_schedules(

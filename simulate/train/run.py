@@ -21,7 +21,7 @@ import numpy as np
 
 from simulate.activations import FAMILIES, Activation
 from simulate.train.data import DATASETS, Dataset, load_dataset
-from simulate.train.init import initialise
+from simulate.train.init import FLOAT32_MAX, initialise
 
 RESULT_DIMS = {
     "train_loss": ("epoch",),
@@ -68,6 +68,10 @@ def train_network(
     accuracy on the whole training and test sets; the per-layer q and fraction of exact zeros of the
     hidden pre-activations on fixed probe batches, the first ``probe_size`` images of each set.
 
+    Float32 range: besides the initialiser's bounds (:mod:`simulate.train.init`), the probe's q^l
+    is a float32 mean over ``probe_size`` x ``width`` squares of variance q*, summed first, so
+    q* probe_size width must be below the float32 maximum (ValueError naming ``q_star``).
+
     Divergence: an epoch whose batch losses or measured losses are not all finite ends the run;
     ``diverged`` is set, ``diverged_epoch`` is that epoch (-1: none), its measurements are kept as they
     came out, and later epochs are NaN.
@@ -77,6 +81,12 @@ def train_network(
         raise ValueError(
             f"batch_size={batch_size}: must be <= the number of training images "
             f"({data.x_train.shape[0]})"
+        )
+    summed = probe_size * width
+    if not q_star * summed < FLOAT32_MAX:
+        raise ValueError(
+            f"q_star={q_star!r}: overflows float32 in the probe's per-layer q, a sum of probe_size "
+            f"x width = {summed} squares of variance q*; q_star must be < {FLOAT32_MAX / summed:.3g}"
         )
     from simulate.train import model
 
@@ -127,7 +137,7 @@ def train_network(
 
 def _check_run_args(act, q_star, depth, width, epochs, lr, optimizer, schedule, warmup, batch_size):
     """One-line ValueError naming the first bad argument."""
-    from simulate.train.model import OPTIMIZERS, SCHEDULES
+    from simulate.train.options import OPTIMIZERS, SCHEDULES
 
     def positive_int(name, value, low=1):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
