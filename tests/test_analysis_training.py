@@ -396,7 +396,10 @@ def test_figures_without_an_init_store(stores, tmp_path, monkeypatch):
     texts = {t.get_text() for t in phase[0].texts}
     assert ".30†" in texts and ".60" in texts  # the dagger: a diverged run
     link = [ax for ax in drawn["training_link"].axes if ax.get_xlabel()]
-    assert [ax.get_xlabel() for ax in link] == ["V'(q*) (slope of V at q*)"]
+    assert [ax.get_xlabel() for ax in link] == [  # the two predictors that need no Monte Carlo
+        "V'(q*) (slope of V at q*)",
+        "GP input signal 1 - c^L (from c^0 = 1/2)",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -471,7 +474,7 @@ def test_phase_diagram_beside_the_monte_carlo(stores, tmp_path, monkeypatch):
     texts = {(round(t.get_position()[0]), t.get_text()) for t in axes[0].texts}
     assert texts == {(0, "1"), (1, ".50")}  # clip 1, clip inf
     link = [ax for ax in drawn["training_link"].axes if ax.get_xlabel()]
-    assert len(link) == 3
+    assert len(link) == 4  # V'(q*), the two Monte Carlo fractions, the GP input signal
 
 
 def test_a_sweep_over_tau():
