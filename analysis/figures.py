@@ -569,9 +569,10 @@ MAX_LABELLED = 12
 """A heat map writes its values in the cells up to this many rows and columns; a finer grid (a
 phase diagram at publication resolution) has its colour bar."""
 
-MAX_TICKS = 5
-"""A heat-map axis of more values labels every ceil(n / MAX_TICKS)-th tick counted back from the
-last (the unclipped column), two significant digits."""
+MAX_TICKS = 12
+"""A heat-map axis of more values than this (the most that get a number in each cell) labels every
+ceil(n / MAX_TICKS)-th tick counted back from the last (the unclipped column), two significant
+digits."""
 
 
 def _thinned_ticks(values, text) -> tuple[np.ndarray, list[str]]:
