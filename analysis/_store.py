@@ -9,8 +9,10 @@ from its stored description (``schema.activation_at``), so the analysis needs no
 
 Streaming. :class:`Results` reads into memory only what is small: the coordinates, the per-parameter
 variables and ``cell_done``. A cell's variables are read when the cell is visited
-(:meth:`Results.cells`; one chunk per variable in a store of ``simulate.grid``), and only those the
-caller names (``read``), so a table's peak memory is that of one cell whatever the store's size.
+(:meth:`Results.cells`), only those the caller names (``read``), a block of neighbouring cells at a
+time (at most ``CELL_BLOCK`` bytes: one read per variable and block, where one per cell would pay
+the store's per-read cost thousands of times), so a table's peak memory is that of one block
+whatever the store's size.
 
 What was recorded. ``layer`` holds the recorded layers (every layer, or 0, k, 2k, ..., depth with
 ``record_every = k``): the analysis uses its values, never positions. A summary store
@@ -262,10 +264,10 @@ class CellProgress:
 
     @staticmethod
     def _keys(mask: xr.DataArray) -> list[dict]:
-        stacked = mask.stack(_cell=mask.dims)
+        labels = [mask[d].values for d in mask.dims]
         return [
-            {d: _scalar(stacked[d].values[i]) for d in mask.dims}
-            for i in np.flatnonzero(stacked.values)
+            {d: _scalar(label[i]) for d, label, i in zip(mask.dims, labels, index, strict=True)}
+            for index in zip(*np.nonzero(mask.values), strict=True)
         ]
 
     def missing(self) -> list[dict]:
@@ -282,8 +284,17 @@ class Results(CellProgress):
 
     def activation(self, key: dict) -> Activation:
         """The activation of the parameter point ``key`` (a width in it is ignored), rebuilt from
-        its stored description."""
-        return schema.activation_at(self.ds, key)
+        its stored description once per point."""
+        point = tuple(key[d] for d in self.param_dims)
+        if point not in self._activations:
+            self._activations[point] = schema.activation_at(self.ds, key)
+        return self._activations[point]
+
+    @cached_property
+    def _activations(self) -> dict[tuple, Activation]:
+        """The activations rebuilt so far, by parameter point (coordinate values in
+        :attr:`param_dims` order)."""
+        return {}
 
     def __init__(self, ds: xr.Dataset, path: Path | str = "<memory>"):
         self.path = Path(path)
@@ -407,12 +418,20 @@ class Results(CellProgress):
     def cells(self, read: tuple[str, ...] | None = None, **where) -> Iterator[Cell]:
         """Every finished cell, optionally restricted by coordinate values (``clip=math.inf``),
         one at a time, each with its variables ``read`` (names; the observable's are spelled
-        "variance", "correlation", "log_gain"; None: every cell variable) read into memory."""
-        done = self.done
+        "variance", "correlation", "log_gain"; None: every cell variable) read into memory.
+
+        The cells are read a block at a time (:func:`read_blocks`: neighbouring cells, at most
+        ``CELL_BLOCK`` bytes), one read per variable and block, and yielded in store order."""
+        done, data = self.done, self.ds
         if where:
-            done = done.sel({k: [v] for k, v in where.items() if k in done.dims})
-        for key in self._keys(done):
-            yield self.cell(key, read)
+            chosen = {k: [v] for k, v in where.items() if k in done.dims}
+            done, data = done.sel(chosen), data.sel(chosen)
+        names = self._names(read)
+        data = data[[*names, *self._small]]
+        for outer, block_done in read_blocks(done, data[names], CELL_BLOCK):
+            block = self._read(data.sel(outer))
+            for inner in self._keys(block_done) if block_done.ndim else [{}]:
+                yield self._cell({**outer, **inner}, block.sel(inner))
 
     def _names(self, read: tuple[str, ...] | None) -> list[str]:
         """The store's variables among ``read`` (module docstring of :meth:`cells`)."""
@@ -428,29 +447,57 @@ class Results(CellProgress):
         """``data`` read into memory; a damaged chunk is a StoreError naming its variable."""
         return load_dataset(data, self.path)
 
+    @cached_property
+    def _small(self) -> list[str]:
+        """The variables held in memory (per parameter point): read along with every cell."""
+        return [n for n in self.ds.data_vars if n not in self.cell_variables]
+
     def cell(self, key: dict, read: tuple[str, ...] | None = None) -> Cell:
         """The cell at ``key`` (every parameter dimension and ``width``), its variables ``read``
         (:meth:`cells`) in memory."""
-        names = self._names(read)
-        small = [n for n in self.ds.data_vars if n not in self.cell_variables]
-        data = self._read(self.ds[[*names, *small]].sel(key))
+        return self._cell(key, self._read(self.ds[[*self._names(read), *self._small]].sel(key)))
+
+    def _cell(self, key: dict, data: xr.Dataset) -> Cell:
+        """The cell at ``key`` from its ``data`` (in memory, selected at ``key``)."""
         par = {p: float(data[p]) for p in PER_CELL}
-        act = self.activation(key)
         q_star = float(data["q_star"]) if "q_star" in data.variables else None
-        q0 = self.q0(q_star)
-        target = float(data["gp_sparsity"]) if "gp_sparsity" in data else math.nan
         return Cell(
             key=key,
-            act=act,
+            act=self.activation(key),
             sigma_w2=par["sigma_w2"],
             sigma_b2=par["sigma_b2"],
-            q0=q0,
-            q_ref=q_star if q_star is not None else q0,
+            q0=self.q0(q_star),
+            q_ref=q_star if q_star is not None else self.q0(q_star),
             width=int(key["width"]),
-            target_sparsity=target,
+            target_sparsity=float(data["gp_sparsity"]) if "gp_sparsity" in data else math.nan,
             data=data,
             observable=self.observable,
         )
+
+
+CELL_BLOCK = 2**25
+"""Bytes of cell variables :meth:`Results.cells` reads at a time (32 MiB): many cells per read,
+which amortises the per-read cost of the store, in memory that does not grow with the store."""
+
+
+def read_blocks(done: xr.DataArray, data: xr.Dataset, budget: int):
+    """Split the cell grid ``done`` into blocks of neighbouring cells: the leading cell dimensions
+    are looped over, the trailing ones read whole, as few leading ones as keep a block's bytes of
+    ``data`` within ``budget`` (at least one cell a block). Yields (the leading dimensions'
+    coordinate values, ``done`` over the block) for the blocks with a finished cell."""
+    per_cell = sum(
+        v.dtype.itemsize * math.prod(n for d, n in v.sizes.items() if d not in done.dims)
+        for v in data.data_vars.values()
+    )
+    dims = list(done.dims)
+    lead = 0
+    while lead < len(dims) and per_cell * math.prod(done.shape[lead:]) > budget:
+        lead += 1
+    for index in np.ndindex(done.shape[:lead]):
+        outer = {d: _scalar(done[d].values[i]) for d, i in zip(dims, index, strict=False)}
+        block_done = done.isel(dict(zip(dims, index, strict=False)))
+        if block_done.any():
+            yield outer, block_done
 
 
 def open_results(path: Path | str) -> Results:

@@ -421,13 +421,14 @@ def binned_map(before: np.ndarray, after: np.ndarray, edges: np.ndarray) -> np.n
     return out
 
 
-def _map_theory(cell: Cell, c: np.ndarray, step: int) -> np.ndarray:
-    """R^step(c): the GP correlation map at q*, applied ``step`` times."""
+def _map_theory(cell: Cell, gap: np.ndarray, step: int) -> np.ndarray:
+    """1 - R^step(1 - gap): the GP correlation map at q* applied ``step`` times, as a map of the
+    gap 1 - c (``gp.correlation_gap``, precise however small the gap)."""
     for _ in range(step):
-        c = gp.correlation_map(
-            cell.act, np.clip(c, -1.0, 1.0), cell.q_ref, cell.sigma_w2, cell.sigma_b2
+        gap = gp.correlation_gap(
+            cell.act, np.clip(gap, 0.0, 2.0), cell.q_ref, cell.sigma_w2, cell.sigma_b2
         )
-    return c
+    return gap
 
 
 def fig_correlation_map(results: Results, out: Path) -> list[Path] | None:
@@ -465,7 +466,7 @@ def fig_correlation_map(results: Results, out: Path) -> list[Path] | None:
                 ax.plot(centres, mean, "o-", color=color, ms=3.5, lw=1.2, label=f"N = {cell.width}")
             fine = np.geomspace(edges[0], edges[-1], 80)
             cell = cells[0]
-            ax.plot(fine, 1.0 - _map_theory(cell, 1.0 - fine, step), color="black", lw=1.3,
+            ax.plot(fine, _map_theory(cell, fine, step), color="black", lw=1.3,
                     label="GP map" + (f" R^{step}" if step > 1 else " R"))  # fmt: skip
             ax.plot(fine, fine, color="grey", lw=0.8, ls="--", label="identity")
             ax.set_xscale("log")

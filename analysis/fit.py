@@ -198,12 +198,11 @@ def compare_cell(cell: Cell, depth: int, c0=math.nan) -> xr.Dataset:
     return out.assign({f"z_{k}": (dims_of.get(k, dims), v) for k, v in z.items()})
 
 
-def _first_exceedance(z: xr.DataArray, threshold: float) -> float:
-    """First layer where |z| exceeds the threshold (any input), NaN if none."""
-    over = np.abs(z) > threshold
-    over = over.any([d for d in over.dims if d != "layer"])
-    layers = z["layer"].values[over.values] if "layer" in z.coords else np.flatnonzero(over.values)
-    return float(layers[0]) if layers.size else math.nan
+def _first_exceedance(z: np.ndarray, layers: np.ndarray, threshold: float) -> float:
+    """First layer where |z| (layer first, then any inputs or pairs) exceeds the threshold, NaN if
+    none."""
+    over = (np.abs(z) > threshold).reshape(z.shape[0], -1).any(axis=1)
+    return float(layers[over][0]) if over.any() else math.nan
 
 
 def verdict(comparison: xr.Dataset, alpha: float = ALPHA) -> dict:
@@ -211,24 +210,30 @@ def verdict(comparison: xr.Dataset, alpha: float = ALPHA) -> dict:
     correlation from the GP, pass/fail and the first failing layer and statistic."""
     obs = "q" if "z_q_mean" in comparison else "v"
     stats_tested = verdict_stats(obs)
-    finite = sum(int(np.isfinite(comparison[f"z_{s}"]).sum()) for s in stats_tested)
+    layers = comparison["layer"].values
+    z = {
+        s: comparison[f"z_{s}"].transpose("layer", ...).values
+        for s in (*stats_tested, *REPORTED_STATS)
+    }
+    finite = sum(int(np.isfinite(z[s]).sum()) for s in stats_tested)
     threshold = sidak_threshold(alpha, finite)
     row: dict = {"n_tests": finite, "z_crit": threshold}
     first_layer, first_stat = math.inf, ""
-    for stat in (*stats_tested, *REPORTED_STATS):
-        z = comparison[f"z_{stat}"]
-        row[f"max_abs_z_{stat}"] = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else math.nan
-        layer = _first_exceedance(z, threshold)
+    for stat, values in z.items():
+        row[f"max_abs_z_{stat}"] = (
+            float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else math.nan
+        )
+        layer = _first_exceedance(values, layers, threshold)
         if stat in stats_tested and layer < first_layer:
             first_layer, first_stat = layer, stat
-    tested = comparison["n_alive"] >= 2  # (v at layer 0 is exact: sd 0, no z, yet not untested)
-    if "input" in tested.dims:
-        tested = tested.any("input")
-    untested = comparison["layer"].values[~tested.values]
+    # (v at layer 0 is exact: sd 0, no z, yet not untested)
+    alive = comparison["n_alive"].transpose("layer", ...).values
+    tested = (alive >= 2).reshape(layers.size, -1).any(axis=1)
+    untested = layers[~tested]
     if untested.size and untested[0] < first_layer:
         first_layer, first_stat = float(untested[0]), "untested"
-    deviation = np.abs(comparison["corr_mc_mean"] - comparison["corr"])
-    row["corr_max_dev"] = float(deviation.max()) if np.isfinite(deviation).any() else math.nan
+    deviation = np.abs(comparison["corr_mc_mean"].values - comparison["corr"].values)
+    row["corr_max_dev"] = float(np.nanmax(deviation)) if np.isfinite(deviation).any() else math.nan
     row["agrees"] = math.isinf(first_layer) and finite > 0
     row["first_fail_layer"] = math.nan if math.isinf(first_layer) else first_layer
     row["first_fail_stat"] = first_stat

@@ -37,6 +37,7 @@ from .figures import make_figures
 from .fit import ALPHA, EPS_SMALL
 from .instability import SPARSITY_TOL, STAY_LEVEL, theory_window
 from .tables import Tables
+from .theory import prepare
 from .training import (
     TABLES as TRAINING_TABLE_VIEWS,
 )
@@ -332,6 +333,7 @@ def _partial_note(results: Results | TrainingResults, store: str) -> list[str]:
 def build_report(results: Results, store: str, out: Path, tables: Tables | None = None) -> str:
     """The markdown text; draws the figures into ``figures/`` next to ``out``. Every table is
     computed once (``tables``), before any figure is drawn."""
+    prepare(results)  # the theory of every parameter cell at once, before any table needs it
     tables = Tables(results) if tables is None else tables
     eoc_sparsity = results.eoc and "sparsity" in results.ds.dims
     points, fits = tables.width_law

@@ -21,7 +21,10 @@ E[G] = q + G1/N and Var[G] = V4/N (``simulate.gp.finite_width``). For a cell wit
 
 s(q) = P(phi(sqrt(q) z) on a zero piece) is the GP sparsity and s', s'' its q-derivatives
 (:func:`sparsity_derivatives`), from the edges of the zero pieces. Everything is independent of the
-width except through the explicit 1/N factors, so the recursions run once per parameter cell.
+width except through the explicit 1/N factors, so the recursions run once per parameter cell:
+:func:`prepare` runs them for all parameter cells of a store at once (batched over cells of one piece
+structure), and the per-cell functions serve from that table, or compute (and cache) a cell that
+was not prepared.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ import math
 import numpy as np
 import xarray as xr
 
-from simulate import gp
+from simulate import gp, schema
 from simulate.activations import Activation
 
-from ._store import Cell
+from ._store import PER_CELL, Cell, Results
 
 
 class _Keyed:
@@ -77,7 +80,8 @@ def activation_cache(maxsize: int):
 
 
 def sparsity_derivatives(act: Activation, q):
-    """(s, ds/dq, d^2s/dq^2) of the GP sparsity at variance q.
+    """(s, ds/dq, d^2s/dq^2) of the GP sparsity at variance q (broadcast against the batch of a
+    stacked activation, like ``simulate.gp``).
 
     s(q) = sum over zero pieces [lo, hi) of Phi(hi / sqrt q) - Phi(lo / sqrt q), so each finite edge
     c of a zero piece, with sign +1 for an upper edge and -1 for a lower one, contributes with
@@ -90,46 +94,167 @@ def sparsity_derivatives(act: Activation, q):
     q = np.asarray(q, dtype=float)
     pieces = act.pieces
     zero = (pieces.slope == 0.0) & (pieces.anchor_y == 0.0)  # phi = 0 there
-    edges = np.concatenate([pieces.hi[zero], pieces.lo[zero]])
-    signs = np.concatenate([np.ones(zero.sum()), -np.ones(zero.sum())])
-    finite = np.isfinite(edges)
-    edges, signs = edges[finite], signs[finite]
+    edges = np.concatenate([pieces.hi, pieces.lo], axis=-1)
+    signs = np.concatenate([np.ones(zero.shape[-1]), -np.ones(zero.shape[-1])])
+    counted = np.concatenate([zero, zero], axis=-1) & np.isfinite(edges)
     qq = q[..., None]
-    a = edges / np.sqrt(qq)
+    a = np.where(counted, edges, 0.0) / np.sqrt(qq)
     density = np.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
-    first = np.sum(-signs * a * density / (2.0 * qq), axis=-1)
-    second = np.sum(signs * a * density * (3.0 - a * a) / (4.0 * qq * qq), axis=-1)
+    first = np.sum(np.where(counted, -signs * a * density / (2.0 * qq), 0.0), axis=-1)
+    second = np.sum(
+        np.where(counted, signs * a * density * (3.0 - a * a) / (4.0 * qq * qq), 0.0), axis=-1
+    )
     return gp.sparsity(act, q), first, second
+
+
+# -- the theory of a batch of parameter cells ---------------------------------------------------
+
+LAYER_VARIABLES = ("q_gp", "g1", "v4", "s", "ds", "d2s", "chi1")
+"""The width-free per-layer coefficients of :func:`layer_theory`."""
+
+
+def layer_arrays(act: Activation, sigma_w2, sigma_b2, q0, depth: int) -> dict[str, np.ndarray]:
+    """:data:`LAYER_VARIABLES` for a single or stacked activation (parameters broadcast against
+    its batch), each (depth + 1, *batch): q, G1, V4 (``gp.finite_width_terms``), s, s', s'' at
+    q^l (:func:`sparsity_derivatives`) and chi_1(q^{l-1}) (NaN at l = 0)."""
+    with np.errstate(all="ignore"):  # iterates may overflow (unclipped) or vanish (ordered)
+        q, g1, v4 = gp.finite_width_terms(act, sigma_w2, sigma_b2, q0, depth)
+        s, ds, d2s = sparsity_derivatives(act, q)
+        chi1 = gp.chi1(act, q[:-1], sigma_w2)
+    chi1 = np.concatenate([np.full((1, *q.shape[1:]), np.nan), np.broadcast_to(chi1, q[:-1].shape)])
+    return dict(zip(LAYER_VARIABLES, (q, g1, v4, s, ds, d2s, chi1), strict=True))
+
+
+def correlation_arrays(act: Activation, sigma_w2, sigma_b2, q_star, c0, depth: int) -> np.ndarray:
+    """c^l, l = 0..depth (leading axis), for a single or stacked activation and c0 broadcast against
+    the batch: the gap g = 1 - c iterated directly, g^0 = 1 - c0, g^{l+1} = 1 - R(1 - g^l)
+    (``gp.correlation_gap_map`` at variance q*), so that 1 - c^l keeps its relative precision (~1e-16
+    of its size, besides the rounding of c = 1 - g to float64) however close c^l comes to 1."""
+    gap_map = gp.correlation_gap_map(act, q_star, sigma_w2, sigma_b2)
+    gap = [np.asarray(1.0 - np.asarray(c0, dtype=float))]
+    for _ in range(depth):
+        gap.append(gap_map(np.clip(gap[-1], 0.0, 2.0)))
+    return 1.0 - np.stack(np.broadcast_arrays(*gap))
+
+
+class _Table:
+    """Precomputed theory of many parameter cells (:func:`prepare`): per cell key
+    (activation, sigma_w2, sigma_b2, q0, depth) a column of the (depth + 1, n) arrays of its
+    group, and per (cell key, c0) a column of the correlation arrays."""
+
+    def __init__(self):
+        self.layers: dict[tuple, tuple[dict[str, np.ndarray], int]] = {}
+        self.correlations: dict[tuple, tuple[np.ndarray, int]] = {}
+
+
+_prepared = _Table()
+
+
+PREPARE_BATCH = 256
+"""Parameter cells evaluated together by :func:`prepare`: bounds its temporaries (arrays of
+(depth + 1) x cells x pieces) whatever the store's size; the table it keeps is a few arrays of
+(depth + 1) x cells."""
+
+
+def _prepare_batch(table: _Table, members: list, c0s: np.ndarray, depth: int) -> None:
+    """The theory of ``members`` ((activation, cell key, on the EoC) of one piece structure) in
+    batched calls, into ``table``."""
+    act = Activation.stack(m[0] for m in members)
+    sw2, sb2, q0 = (np.array([m[1][i] for m in members]) for i in (1, 2, 3))
+    arrays = layer_arrays(act, sw2, sb2, q0, depth)
+    for column, (_, cell, _) in enumerate(members):
+        table.layers[cell] = (arrays, column)
+    eoc = [i for i, m in enumerate(members) if m[2]]
+    if eoc and c0s.size:
+        sub = Activation.stack(members[i][0] for i in eoc)
+        corr = correlation_arrays(sub, sw2[eoc], sb2[eoc], q0[eoc], c0s[:, None], depth)
+        for column, i in enumerate(eoc):
+            for row, c0 in enumerate(c0s):
+                table.correlations[(*members[i][1], float(c0))] = (corr[:, row], column)
+
+
+def prepare(results: Results) -> None:
+    """Compute the theory of every parameter cell of ``results`` with a finished cell at once, and
+    keep it for :func:`layer_theory`, :func:`correlation_iterate` (hence :func:`cell_theory`) to
+    serve (replacing what an earlier call kept). Cells are grouped by piece structure (as
+    ``simulate.schema.param_values`` does) and each group, in batches of :data:`PREPARE_BATCH`, is
+    one stacked activation: the variance iterate, 1/N recursions, sparsity derivatives and chi_1
+    in one batched call, and the
+    correlation iterate (for every finite initial correlation of the store's pairs and ``c0``, on
+    the Edge of Chaos with q0 = q*) with one batched ``gp.correlation_gap_map`` call per layer."""
+    table = _Table()
+    depth = results.depth
+    dims = results.param_dims
+    finished = results.done.any("width").transpose(*dims)
+
+    def per_cell(name):  # a parameter variable (or axis) over the grid, positions as ``finished``
+        return results.ds[name].broadcast_like(finished).transpose(*dims).values
+
+    point = {p: per_cell(p) for p in PER_CELL}
+    q_star = per_cell("q_star") if results.eoc else None
+    c0s = np.unique([c for c in (*results.pair_c0, results.c0) if math.isfinite(c)])
+    groups: dict[tuple[int, int], list] = {}
+    for index in zip(*np.nonzero(finished.values), strict=True):
+        act = schema.activation_at(results.ds, index)
+        q0 = results.q0(None if q_star is None else float(q_star[index]))
+        cell = (
+            _Keyed(act),
+            float(point["sigma_w2"][index]),
+            float(point["sigma_b2"][index]),
+            q0,
+            depth,
+        )
+        on_eoc = q_star is not None and math.isclose(q0, float(q_star[index]))
+        groups.setdefault((act.knots.size, act.pieces.slope.size), []).append((act, cell, on_eoc))
+    for members in groups.values():
+        for start in range(0, len(members), PREPARE_BATCH):
+            _prepare_batch(table, members[start : start + PREPARE_BATCH], c0s, depth)
+    global _prepared
+    _prepared = table
 
 
 # -- per-cell predictions -----------------------------------------------------------------------
 
 
 @activation_cache(maxsize=512)
+def _layer_theory_of(act: Activation, sigma_w2, sigma_b2, q0, depth) -> dict[str, np.ndarray]:
+    return layer_arrays(act, sigma_w2, sigma_b2, q0, depth)
+
+
+def _layer_values(act: Activation, sigma_w2, sigma_b2, q0, depth) -> dict[str, np.ndarray]:
+    """:func:`layer_arrays` of one cell: from the table of :func:`prepare` when the cell is in it."""
+    hit = _prepared.layers.get((_Keyed(act), sigma_w2, sigma_b2, q0, depth))
+    if hit is None:
+        return _layer_theory_of(act, sigma_w2, sigma_b2, q0, depth)
+    arrays, column = hit
+    return {name: arrays[name][:, column] for name in LAYER_VARIABLES}
+
+
 def layer_theory(
     act: Activation, sigma_w2: float, sigma_b2: float, q0: float, depth: int
 ) -> xr.Dataset:
-    """Width-free coefficients per layer: q, G1, V4, s, s', s'', chi_1(q^{l-1})."""
-    with np.errstate(all="ignore"):  # iterates may overflow (unclipped) or vanish (ordered)
-        fw = gp.finite_width(act, sigma_w2, sigma_b2, q0, depth, 1)
-        q = fw["q_gp"].values
-        s, ds, d2s = sparsity_derivatives(act, q)
-        chi1 = np.concatenate([[np.nan], gp.chi1(act, q[:-1], sigma_w2)])
-    extra = {"s": s, "ds": ds, "d2s": d2s, "chi1": chi1}
-    return fw[["q_gp", "g1", "v4"]].assign({k: ("layer", v) for k, v in extra.items()})
+    """Width-free coefficients per layer (:func:`layer_arrays`): q_gp, g1, v4, s, ds, d2s,
+    chi1 (of the layer below); from the table of :func:`prepare` when the cell is in it."""
+    values = _layer_values(act, sigma_w2, sigma_b2, q0, depth)
+    layer = np.arange(depth + 1)
+    return xr.Dataset({k: ("layer", v) for k, v in values.items()}, coords={"layer": layer})
 
 
 @activation_cache(maxsize=512)
+def _correlation_iterate_of(act: Activation, sigma_w2, sigma_b2, q_star, c0, depth) -> np.ndarray:
+    return correlation_arrays(act, sigma_w2, sigma_b2, q_star, c0, depth)
+
+
 def correlation_iterate(
     act: Activation, sigma_w2: float, sigma_b2: float, q_star: float, c0: float, depth: int
 ) -> np.ndarray:
-    """c^0 = c0, c^{l+1} = R(c^l) with R the GP correlation map at variance q* (length depth+1)."""
-    out = np.empty(depth + 1)
-    out[0] = c0
-    for l in range(depth):
-        rho = min(max(out[l], -1.0), 1.0)
-        out[l + 1] = float(gp.correlation_map(act, rho, q_star, sigma_w2, sigma_b2))
-    return out
+    """c^0 = c0, c^{l+1} = R(c^l) with R the GP correlation map at variance q* (length depth+1;
+    :func:`correlation_arrays`); from the table of :func:`prepare` when the cell is in it."""
+    hit = _prepared.correlations.get((_Keyed(act), sigma_w2, sigma_b2, q_star, depth, c0))
+    if hit is None:
+        return _correlation_iterate_of(act, sigma_w2, sigma_b2, q_star, c0, depth)
+    arrays, column = hit
+    return arrays[:, column]
 
 
 def correlation_theory(cell: Cell, depth: int, c0: float) -> np.ndarray:
@@ -145,22 +270,23 @@ def cell_theory(cell: Cell, depth: int, c0: float = math.nan) -> xr.Dataset:
     """Predictions over ``layer`` = 0..depth for one cell (see the module docstring): q_gp,
     q_mean, q_sd, v_mean, v_sd, g1, v4, zf_mean, zf_sd, corr (:func:`correlation_theory`), chi1 (of
     the layer below). ``<observable>_mean`` and ``<observable>_sd`` are the cell's variance's."""
-    act, n = cell.act, cell.width
-    base = layer_theory(act, cell.sigma_w2, cell.sigma_b2, cell.q0, depth)
+    n = cell.width
+    base = _layer_values(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q0, depth)
     q, g1, v4 = base["q_gp"], base["g1"], base["v4"]
     s, ds, d2s = base["s"], base["ds"], base["d2s"]
+    columns = {
+        "q_gp": q,
+        "q_mean": q + g1 / n,
+        "q_sd": np.sqrt((2.0 * q**2 + v4) / n),
+        "v_mean": q + g1 / n,
+        "v_sd": np.sqrt(v4 / n),
+        "g1": g1,
+        "v4": v4,
+        "zf_mean": s + (ds * g1 + 0.5 * d2s * v4) / n,
+        "zf_sd": np.sqrt((s * (1.0 - s) + ds**2 * v4) / n),
+        "corr": correlation_theory(cell, depth, c0),
+        "chi1": base["chi1"],
+    }
     return xr.Dataset(
-        {
-            "q_gp": q,
-            "q_mean": q + g1 / n,
-            "q_sd": np.sqrt((2.0 * q**2 + v4) / n),
-            "v_mean": q + g1 / n,
-            "v_sd": np.sqrt(v4 / n),
-            "g1": g1,
-            "v4": v4,
-            "zf_mean": s + (ds * g1 + 0.5 * d2s * v4) / n,
-            "zf_sd": np.sqrt((s * (1.0 - s) + ds**2 * v4) / n),
-            "corr": ("layer", correlation_theory(cell, depth, c0)),
-            "chi1": base["chi1"],
-        }
+        {k: ("layer", v) for k, v in columns.items()}, coords={"layer": np.arange(depth + 1)}
     )

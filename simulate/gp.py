@@ -32,7 +32,6 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numba
 import numpy as np
@@ -89,12 +88,20 @@ class _ZPieces:
 
     @classmethod
     def of(cls, act: Activation, q):
+        """The pieces at variance q. The bounds are clamped to +-``_Z_INF``, and so is the anchor,
+        which is one of them: a piece anchored beyond reach (a ray split where it crosses 0 far
+        out, |x| > 1e3 sqrt(q)) is re-anchored at its other end, y = y_a + s (x_other - x_a),
+        when that end is finite (else the piece has no mass in reach and its anchor is moot)."""
         sqrt_q = np.sqrt(np.asarray(q, dtype=float))[..., None]
         p = act.pieces
+        upper = p.anchor_x == p.hi
+        other = np.where(upper, p.lo, p.hi)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             alpha = np.clip(p.lo / sqrt_q, -_Z_INF, _Z_INF)
             beta = np.clip(p.hi / sqrt_q, -_Z_INF, _Z_INF)
-        return cls(alpha, beta, p.anchor_x == p.hi, p.anchor_y, p.slope, sqrt_q)
+            refit = (np.abs(p.anchor_x / sqrt_q) > _Z_INF) & np.isfinite(other)
+            y = np.where(refit, p.anchor_y + p.slope * (other - p.anchor_x), p.anchor_y)
+        return cls(alpha, beta, upper != refit, y, p.slope, sqrt_q)
 
     def probability(self):
         """P(alpha < z < beta) per piece, from the tail that avoids cancellation."""
@@ -534,83 +541,165 @@ def min_gradient_clip(family: str, sparsity: float, q_star: float = 1.0) -> floa
 # Correlation map
 
 
-def _upper_partial_mean(mu, s, c):
-    """E[(X - c)^+] for X ~ N(mu, s^2), s > 0: (mu - c) Phi(d) + s n(d), d = (mu - c) / s."""
-    d = (mu - c) / s
-    return (mu - c) * ndtr(d) + s * _npdf(d)
+_PANEL_NODES, _PANEL_WEIGHTS = np.polynomial.legendre.leggauss(8)
+"""Gauss-Legendre rule of order 8 on [-1, 1], applied on every panel of ``_theta_panels``."""
+
+_GRADED_PANELS = 8
+"""Geometric panels per graded segment of ``_theta_panels``."""
+
+_SMOOTH_SPAN = 0.5
+"""A span of theta (from 0) on which one panel integrates the Price integrand when no knot pair
+turns on inside it (``_theta_panels``)."""
 
 
-def _inner_expectation(act: Activation, mu, s, derivative: bool):
-    """E[phi(X)] (or E[phi'(X)]) for X ~ N(mu, s^2) in closed form; s = 0 gives phi(mu) (phi'(mu)).
+def _graded_breaks(lo, floor, hi):
+    """Breakpoints lo, f, f r, f r^2, ..., f r^n = hi (n = ``_GRADED_PANELS``), f = floor clipped to
+    [lo, hi] and kept > 0, r = (hi / f)^(1/n): a first panel [lo, f], then geometric ones. Arrays
+    broadcast; the last axis is the breakpoints."""
+    hi = np.maximum(hi, lo)
+    f = np.clip(floor, lo, hi)
+    f = np.where(f > 0.0, f, np.maximum(hi, 1e-300) * 1e-15)
+    steps = np.arange(_GRADED_PANELS + 1) / _GRADED_PANELS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        geometric = f[..., None] * (hi / f)[..., None] ** steps
+    return np.concatenate(
+        [
+            np.asarray(lo, dtype=float)[..., None] + 0.0 * f[..., None],
+            np.minimum(geometric, hi[..., None]),
+        ],
+        axis=-1,
+    )
 
-    phi written as ramps, phi(x) = y_1 + s_0 (x - k_1) + sum_j d_j (x - k_j)^+ (d_j the slope jump at
-    knot k_j), so E[phi(X)] = y_1 + s_0 (mu - k_1) + sum_j d_j E[(X - k_j)^+] and
-    E[phi'(X)] = s_0 + sum_j d_j Phi((mu - k_j) / s).
+
+def _panel_rule(breaks):
+    """Nodes and weights of composite Gauss-Legendre on the panels between ``breaks`` (last axis)."""
+    lo, hi = breaks[..., :-1, None], breaks[..., 1:, None]
+    half = 0.5 * (hi - lo)
+    nodes = half * _PANEL_NODES + 0.5 * (hi + lo)
+    shape = (*breaks.shape[:-1], -1)
+    return nodes.reshape(shape), (half * _PANEL_WEIGHTS).reshape(shape)
+
+
+def _theta_panels(theta_rho, near_zero, near_pi):
+    """Nodes and weights (..., nodes) for integrals over theta in [0, theta_rho].
+
+    The Price integrand (``_price_integrals``) varies on the scale theta near 0 (an off-diagonal knot
+    pair turns on at theta ~ |kappa_j - kappa_k|, the smallest such gap given as ``near_zero``) and
+    on the scale pi - theta near pi (at pi - theta ~ |kappa_j + kappa_k|, ``near_pi``). So
+    low = min(theta_rho, pi/2) and [0, low] is split into [0, f] and ``_GRADED_PANELS`` geometric
+    panels from f up, f = min(near_zero / 8, low / 64) (below near_zero / 8 every off-diagonal term
+    is below e^-32), or f = min(near_zero / 8, low) when low <= ``_SMOOTH_SPAN`` (no grading needed
+    for the smooth diagonal terms: then, with no pair turning on inside, one panel); when
+    theta_rho > pi/2, [pi/2, theta_rho] likewise in pi - theta, graded towards pi - theta_rho and
+    near_pi / 8. Panels of zero length get zero weights. Order 8 per panel: against 30-digit
+    quadrature of the same integrand, J0 and J1 to 1e-12 of M(1) and M(1) (1 - rho) for knot gaps
+    >= 0.05 sqrt(q) (CReLU, CST, hard-tanh, a user shape; rho in [-1, 1 - 1e-8]), 1e-11 absolute
+    for a gap of 1e-4 sqrt(q).
     """
-    if s == 0.0:
-        return act.derivative(mu) if derivative else act(mu)
-    jumps = np.diff(act.slopes)
-    if derivative:
-        total = act.slopes[0] + 0.0 * mu
-        for k, d in zip(act.knots, jumps, strict=True):
-            total = total + d * ndtr((mu - k) / s)
-        return total
-    total = act.values[0] + act.slopes[0] * (mu - act.knots[0])
-    for k, d in zip(act.knots, jumps, strict=True):
-        total = total + d * _upper_partial_mean(mu, s, k)
-    return total
+    half_pi = 0.5 * math.pi
+    low = np.minimum(theta_rho, half_pi)
+    smooth = np.where(low <= _SMOOTH_SPAN, low, low / 64.0)
+    near = _graded_breaks(0.0, np.minimum(near_zero / 8.0, smooth), low)
+    nodes, weights = _panel_rule(near)
+    if np.any(theta_rho > half_pi):
+        y_rho = math.pi - np.maximum(theta_rho, half_pi)  # pi - theta at the upper end
+        far = math.pi - _graded_breaks(y_rho, np.minimum(near_pi / 8.0, half_pi / 64.0), half_pi)
+        far_nodes, far_weights = _panel_rule(far)
+        nodes = np.concatenate(np.broadcast_arrays(nodes, far_nodes), axis=-1)
+        weights = np.concatenate(np.broadcast_arrays(weights, -far_weights), axis=-1)
+    return nodes, weights
 
 
-@lru_cache(maxsize=4)
-def _gauss_legendre(order: int):
-    return np.polynomial.legendre.leggauss(order)
+@numba.guvectorize(
+    [
+        "void(float64[:], float64[:], float64[:], float64[:], float64[:], float64, float64[:], float64[:])"
+    ],
+    "(n),(n),(p),(p),(p),()->(),()",
+    cache=True,
+)
+def _price_quadrature(theta, weights, x, y, pair_weight, delta, j0, j1):
+    """sum_i w_i I(theta_i) and sum_i w_i (delta - 2 sin^2(theta_i / 2)) I(theta_i) with
+    I(theta) = sum_p pair_weight_p exp(-E_p(theta)) over the knot pairs p = (x_p, y_p)
+    (``_price_integrals``): E = N / (2 sin^2 theta), sin^2 theta = 4 sin^2(theta/2) cos^2(theta/2),
+    N = (x - y)^2 + 4 sin^2(theta/2) x y below pi/2 and (x + y)^2 - 4 cos^2(theta/2) x y above (each
+    free of cancellation there). Nodes of zero weight (zero-length panels, the only ones that may
+    sit at theta = 0 or pi) are skipped. Fused over nodes and pairs: the correlation iterate of
+    many cells evaluates millions of terms."""
+    total0 = 0.0
+    total1 = 0.0
+    for i in range(theta.size):
+        if weights[i] == 0.0:
+            continue
+        half_sin2 = math.sin(0.5 * theta[i]) ** 2
+        half_cos2 = math.cos(0.5 * theta[i]) ** 2
+        denominator = 8.0 * half_sin2 * half_cos2
+        integrand = 0.0
+        for p in range(x.size):
+            if pair_weight[p] == 0.0:
+                continue
+            if half_sin2 < half_cos2:
+                numerator = (x[p] - y[p]) ** 2 + 4.0 * half_sin2 * x[p] * y[p]
+            else:
+                numerator = (x[p] + y[p]) ** 2 - 4.0 * half_cos2 * x[p] * y[p]
+            integrand += pair_weight[p] * math.exp(-numerator / denominator)
+        total0 += weights[i] * integrand
+        total1 += weights[i] * (delta - 2.0 * half_sin2) * integrand
+    j0[0] = total0
+    j1[0] = total1
 
 
-_Z_MAX = 10.0
-"""Outer integrals run over |z1| <= 10 (n(10) ~ 8e-23)."""
+@dataclass(frozen=True)
+class _PriceTerms:
+    """What the Price integrals of ``act`` at variance q need besides rho (arrays ..., pairs over
+    the batch): the knot pairs j <= k (x = kappa_j, y = kappa_k), their weights d_j d_k / (2 pi)
+    (doubled off the diagonal), the smallest off-diagonal |x - y| and nonzero |x + y| among
+    weighted pairs (``_theta_panels``), and M1 = E[phi'(u)^2]."""
+
+    x: np.ndarray
+    y: np.ndarray
+    pair_weight: np.ndarray
+    near_zero: np.ndarray
+    near_pi: np.ndarray
+    m1: np.ndarray
+
+    @classmethod
+    def of(cls, act: Activation, q) -> _PriceTerms:
+        jump, _, kappa, _ = _knot_terms(act, q)
+        j, k = np.triu_indices(kappa.shape[-1])
+        x, y = kappa[..., j], kappa[..., k]
+        pair_weight = np.where(j == k, 1.0, 2.0) * jump[..., j] * jump[..., k] / (2.0 * math.pi)
+        counted = pair_weight != 0.0
+        near_zero = np.min(np.where(counted & (j != k), np.abs(x - y), np.inf), axis=-1)
+        sums = np.abs(x + y)
+        near_pi = np.min(np.where(counted & (sums > 0.0), sums, np.inf), axis=-1)
+        return cls(x, y, pair_weight, near_zero, near_pi, _slope_moment(act, q))
 
 
-def _panel_breaks(kinks_z: np.ndarray, rho: float) -> np.ndarray:
-    """Breakpoints in z1 for E_{z1}[f(z1) g(rho z1 + ...)]: the outer kinks, the inner ones at k/rho
-    with a geometric grading of width sqrt(1 - rho^2)/|rho| * 4^j around them (where g is smooth but
-    varies on that scale), and a unit grid."""
-    breaks = [np.arange(-_Z_MAX, _Z_MAX + 0.5, 1.0), kinks_z]
-    if rho != 0.0:
-        inner = kinks_z / rho
-        width = math.sqrt(max(1.0 - rho * rho, 0.0)) / abs(rho)
-        breaks.append(inner)
-        if width > 0:
-            offsets = width * 4.0 ** np.arange(-2, 7)
-            breaks += [inner[:, None] + offsets, inner[:, None] - offsets]
-    flat = np.concatenate([np.ravel(b) for b in breaks])
-    return np.unique(np.clip(flat, -_Z_MAX, _Z_MAX))
+def _price_integrals(terms: _PriceTerms, delta):
+    """(J0, J1) for inputs at variance q with correlation rho = 1 - delta:
 
+        J0 = int_rho^1 S(t) dt,   J1 = int_rho^1 (t - rho) S(t) dt,
 
-def _cross_expectation(act: Activation, q: float, rho: float, derivative: bool, order: int = 20):
-    """E[f(u1) f(u2)], f = phi or phi', u1 = sqrt(q) z1, u2 = sqrt(q)(rho z1 + sqrt(1 - rho^2) z2):
+    S(t) = d/dt E[phi'(u1) phi'(u2)] = sum_{j,k} d_j d_k p2(kappa_j, kappa_k; t) (Price's theorem:
+    phi'' = sum_j d_j delta(x - k_j), kappa_j = k_j / sqrt(q), p2 the standard bivariate normal
+    density at correlation t). With t = cos(theta), S(t) dt = -I(theta) dtheta,
 
-        = int n(z1) f(sqrt(q) z1) E_{z2}[f(sqrt(q) rho z1 + sqrt(q (1 - rho^2)) z2)] dz1,
+        I(theta) = sum_{j,k} d_j d_k exp(-E_jk(theta)) / (2 pi),
+        E_jk = (kappa_j^2 - 2 cos(theta) kappa_j kappa_k + kappa_k^2) / (2 sin^2 theta)
+             = ((kappa_j - kappa_k)^2 + 4 sin^2(theta/2) kappa_j kappa_k) / (2 sin^2 theta)   (theta < pi/2)
+             = ((kappa_j + kappa_k)^2 - 4 cos^2(theta/2) kappa_j kappa_k) / (2 sin^2 theta)   (otherwise),
 
-    the inner expectation in closed form (``_inner_expectation``) and the outer one by composite
-    Gauss-Legendre on panels split at every kink (``_panel_breaks``).
+    smooth and bounded on [0, pi] (each form free of cancellation where it is used), and
+    J0 = int_0^theta_rho I, J1 = int_0^theta_rho (delta - 2 sin^2(theta/2)) I with
+    theta_rho = arccos(rho) = 2 arcsin(sqrt(delta / 2)): both from delta, exact near rho = 1.
+    Composite Gauss-Legendre in theta (``_theta_panels``); vectorised over delta and the batch of
+    ``terms`` (``_PriceTerms``: kappa_j, the pair weights, M1).
     """
-    sqrt_q = math.sqrt(q)
-    kinks_z = np.asarray(act.kinks) / sqrt_q
-    breaks = _panel_breaks(kinks_z, rho)
-    nodes, weights = _gauss_legendre(order)
-    lo, hi = breaks[:-1, None], breaks[1:, None]
-    z1 = (0.5 * (hi - lo) * nodes + 0.5 * (hi + lo)).ravel()
-    w = (0.5 * (hi - lo) * weights).ravel()
-    x1 = sqrt_q * z1
-    outer = act.derivative(x1) if derivative else act(x1)
-    s = sqrt_q * math.sqrt(max(1.0 - rho * rho, 0.0))
-    inner = _inner_expectation(act, sqrt_q * rho * z1, s, derivative)
-    return float(np.sum(w * _npdf(z1) * outer * inner))
-
-
-def _scalar_act_check(act: Activation):
-    if act.batch_shape:
-        raise ValueError("act: correlation functions take a scalar activation (loop over a grid)")
+    delta = np.asarray(delta, dtype=float)
+    theta_rho = 2.0 * np.arcsin(np.sqrt(0.5 * delta))
+    theta_rho, near_zero, near_pi = np.broadcast_arrays(theta_rho, terms.near_zero, terms.near_pi)
+    theta, weights = _theta_panels(theta_rho, near_zero, near_pi)
+    return _price_quadrature(theta, weights, terms.x, terms.y, terms.pair_weight, delta)
 
 
 def _check_rho(rho):
@@ -620,21 +709,55 @@ def _check_rho(rho):
     return rho
 
 
+def correlation_gap_map(act: Activation, q_star, sigma_w2, sigma_b2):
+    """The function delta -> 1 - R(1 - delta): the correlation map as a map of the gap
+    delta = 1 - rho in [0, 2],
+
+        1 - R(rho) = (1 - V(q*) / q*) + chi_1(q*) delta - sigma_w^2 int_rho^1 (t - rho) S(t) dt,
+
+    from R(rho) = R(1) - sigma_w^2 [M(1) (1 - rho) - int_rho^1 (t - rho) S(t) dt] (integrate
+    R'(rho) = sigma_w^2 M(rho) with M(rho) = M(1) - int_rho^1 S; M(1) = E[phi'^2], R(1) = V(q*)/q*,
+    S as in ``_price_integrals``). Taking delta itself, not rho, keeps the relative precision of the
+    gap as delta -> 0 (the integral is O(delta^(3/2)) there): R(1) - R(1 - delta) to ~1e-15
+    relative at delta = 1e-8 (tests), while 1 - V(q*)/q* carries the rounding of V, a few 1e-16
+    absolute (0 when V(q*) == q* in float64). Broadcasts over delta, q*, sigma_w2, sigma_b2 and a
+    batch of activations (numpy rules). What does not depend on delta (the knot pairs, M(1), R(1))
+    is computed once, for iterating the map.
+    """
+    terms = _PriceTerms.of(act, q_star)
+    offset = 1.0 - variance_map(act, q_star, sigma_w2, sigma_b2) / q_star
+
+    def gap(delta):
+        delta = np.asarray(delta, dtype=float)
+        inside = (delta >= 0.0) & (delta <= 2.0)
+        if np.any(~inside):
+            raise ValueError(f"delta={float(delta[~inside].flat[0])!r}: 1 - rho must be in [0, 2]")
+        _, j1 = _price_integrals(terms, delta)
+        return offset + sigma_w2 * (terms.m1 * delta - j1)
+
+    return gap
+
+
+def correlation_gap(act: Activation, delta, q_star, sigma_w2, sigma_b2):
+    """1 - R(1 - delta) (:func:`correlation_gap_map`)."""
+    return correlation_gap_map(act, q_star, sigma_w2, sigma_b2)(delta)
+
+
 def correlation_map(act: Activation, rho, q_star, sigma_w2, sigma_b2):
-    """R(rho) = (sigma_w^2 E[phi(u1) phi(u2)] + sigma_b^2) / q*, both inputs at variance q*."""
-    _scalar_act_check(act)
+    """R(rho) = (sigma_w^2 E[phi(u1) phi(u2)] + sigma_b^2) / q*, both inputs at variance q*:
+    1 - ``correlation_gap`` at delta = 1 - rho. Broadcasts like ``correlation_gap``."""
     rho = _check_rho(rho)
-    cross = np.vectorize(lambda r: _cross_expectation(act, float(q_star), float(r), False))
-    return (sigma_w2 * cross(rho) + sigma_b2) / q_star
+    return 1.0 - correlation_gap(act, 1.0 - rho, q_star, sigma_w2, sigma_b2)
 
 
 def correlation_slope(act: Activation, rho, q_star, sigma_w2, sigma_b2=0.0):
-    """R'(rho) = sigma_w^2 E[phi'(u1) phi'(u2)] (a bivariate-normal rectangle probability);
-    R'(1) = chi_1(q*). ``sigma_b2`` does not enter."""
-    _scalar_act_check(act)
+    """R'(rho) = sigma_w^2 E[phi'(u1) phi'(u2)] = sigma_w^2 [M(1) - int_rho^1 S(t) dt]
+    (``_price_integrals``); R'(1) = chi_1(q*). ``sigma_b2`` does not enter. Broadcasts like
+    ``correlation_gap``."""
     rho = _check_rho(rho)
-    cross = np.vectorize(lambda r: _cross_expectation(act, float(q_star), float(r), True))
-    return sigma_w2 * cross(rho)
+    terms = _PriceTerms.of(act, q_star)
+    j0, _ = _price_integrals(terms, 1.0 - rho)
+    return sigma_w2 * (terms.m1 - j0)
 
 
 def correlation_fixed_point(act: Activation, q_star, sigma_w2, sigma_b2) -> float:
@@ -676,37 +799,50 @@ def xi_c(act: Activation, q_star, sigma_w2, sigma_b2):
 # Finite width
 
 
-def finite_width(act: Activation, sigma_w2, sigma_b2, q0, depth: int, width: int) -> xr.Dataset:
-    """First-order 1/N theory of the layer variances of one input (docs/theory.md).
-
-    With G^l the conditional variance of layer l given layer l-1, and layer 0 exactly N(0, q0):
+def finite_width_terms(act: Activation, sigma_w2, sigma_b2, q0, depth: int):
+    """(q, G1, V4), each with a leading layer axis of length depth + 1 and then the broadcast shape
+    of q0, sigma_w2, sigma_b2 and the activation's batch: the recursions of :func:`finite_width`,
 
         q^{l+1}  = V(q^l),                                   q^0 = q0
-        G1^{l+1} = V'(q^l) G1^l + (1/2) V''(q^l) V4^l,        G1^0 = 0      (E[G^l]   = q^l + G1^l / N)
-        V4^{l+1} = V'(q^l)^2 V4^l + sigma_w^4 Var[phi(x)^2],  V4^0 = 0      (Var[G^l] = V4^l / N)
+        G1^{l+1} = V'(q^l) G1^l + (1/2) V''(q^l) V4^l,        G1^0 = 0
+        V4^{l+1} = V'(q^l)^2 V4^l + sigma_w^4 Var[phi(x)^2],  V4^0 = 0,   x ~ N(0, q^l),
 
-    with x ~ N(0, q^l). G^l is the stored ``v`` (the Markov state: E[v^{l+1} | v^l] = V(v^l)), so
-
-        v_mean^l = q^l + G1^l / N,     v_sd^l = sqrt(V4^l / N)
-
-    (exact at layer 0: v^0 = q0). The empirical q_hat = (1/N) sum_i h_i^2 is G chi^2_N / N given G,
-    so it has the same mean q^l + G1^l / N and standard deviation sqrt((2 (q^l)^2 + V4^l) / N).
+    the coefficients along the whole GP trajectory at once, the recursions serial in l only.
     """
     if int(depth) != depth or depth < 0:
         raise ValueError(f"depth={depth!r}: must be an integer >= 0")
-    if int(width) != width or width < 1:
-        raise ValueError(f"width={width!r}: must be an integer >= 1")
-    q = iterate_variance(act, float(q0), sigma_w2, sigma_b2, depth)
-    g1 = np.zeros(depth + 1)
-    v4 = np.zeros(depth + 1)
+    q = iterate_variance(act, np.asarray(q0, dtype=float), sigma_w2, sigma_b2, depth)
+    batch = np.broadcast_shapes(q.shape[1:], np.shape(sigma_w2), np.shape(sigma_b2))
+    q = np.broadcast_to(q, (depth + 1, *batch))
+    g1 = np.zeros(q.shape)
+    v4 = np.zeros(q.shape)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        # the coefficients along the whole GP trajectory at once; only the recursions are serial
         slope = variance_slope(act, q, sigma_w2)
         curvature = variance_curvature(act, q, sigma_w2)
         noise = sigma_w2**2 * (activation_moment(act, q, 4) - activation_moment(act, q, 2) ** 2)
         for l in range(depth):
             g1[l + 1] = slope[l] * g1[l] + 0.5 * curvature[l] * v4[l]
             v4[l + 1] = slope[l] ** 2 * v4[l] + noise[l]
+    return q, g1, v4
+
+
+def finite_width(act: Activation, sigma_w2, sigma_b2, q0, depth: int, width: int) -> xr.Dataset:
+    """First-order 1/N theory of the layer variances of one input (docs/theory.md), for a single
+    activation and scalar parameters (:func:`finite_width_terms` takes a batch).
+
+    With G^l the conditional variance of layer l given layer l-1, and layer 0 exactly N(0, q0),
+    the recursions of :func:`finite_width_terms` give E[G^l] = q^l + G1^l / N and
+    Var[G^l] = V4^l / N. G^l is the stored ``v`` (the Markov state: E[v^{l+1} | v^l] = V(v^l)), so
+
+        v_mean^l = q^l + G1^l / N,     v_sd^l = sqrt(V4^l / N)
+
+    (exact at layer 0: v^0 = q0). The empirical q_hat = (1/N) sum_i h_i^2 is G chi^2_N / N given G,
+    so it has the same mean q^l + G1^l / N and standard deviation sqrt((2 (q^l)^2 + V4^l) / N).
+    """
+    if int(width) != width or width < 1:
+        raise ValueError(f"width={width!r}: must be an integer >= 1")
+    q, g1, v4 = finite_width_terms(act, sigma_w2, sigma_b2, float(q0), depth)
+    with np.errstate(over="ignore", invalid="ignore"):
         sd = np.sqrt((2.0 * q**2 + v4) / width)
     layer = np.arange(depth + 1)
     attrs = {"units": "pre-activation variance"}

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis import figures, fit, instability, report
+from analysis import _store, figures, fit, instability, report
 from analysis._store import PER_LAYER_ONLY, Results
 from analysis.tables import Tables
 from simulate import gp, grid, schema
@@ -128,7 +128,7 @@ def test_the_empirical_correlation_map_lies_on_the_gp_map():
     assert step == 1 and before.size == 28 * 8 * 15
     edges = np.geomspace((1 - before).min(), (1 - before).max() * 1.001, 8)
     gaps = np.geomspace(edges[0], edges[-1], 300)
-    r_gap = 1 - gp.correlation_map(cell.act, 1 - gaps, cell.q_ref, cell.sigma_w2, cell.sigma_b2)
+    r_gap = gp.correlation_gap(cell.act, gaps, cell.q_ref, cell.sigma_w2, cell.sigma_b2)
     predicted = 1 - np.interp(np.log(1 - before), np.log(gaps), r_gap)  # R(c^l), point by point
     mean, lo, hi, n = figures.binned_map(before, after, edges)
     theory = figures.binned_map(before, predicted, edges)[0]
@@ -154,9 +154,11 @@ def test_binned_map_of_planted_points():
     assert n[3] == 0 and math.isnan(mean[3])
 
 
-def test_a_store_is_read_one_cell_at_a_time(stores, monkeypatch):
-    """Results keeps the cell variables lazy (on a zarr store, opened lazily) and a table reads each
-    cell's variables only, the ones it names: the escape table reads escape_layer alone."""
+def test_a_store_is_read_a_block_of_cells_at_a_time(stores, monkeypatch):
+    """Results keeps the cell variables lazy (on a zarr store, opened lazily) and a table reads only
+    the variables it names (the escape table: escape_layer alone), a block of neighbouring cells of
+    at most CELL_BLOCK bytes per read: the whole small store in one read, and one read per cell when
+    the budget is one cell's bytes."""
     results = stores["full"]
     read: list[tuple] = []
     original = results._read
@@ -166,5 +168,10 @@ def test_a_store_is_read_one_cell_at_a_time(stores, monkeypatch):
         return original(data)
 
     monkeypatch.setattr(results, "_read", spy)
+    instability.escape_table(results)
+    assert read == [("escape_layer",)]
+    read.clear()
+    escape = results.ds["escape_layer"]
+    monkeypatch.setattr(_store, "CELL_BLOCK", escape.dtype.itemsize * escape.sizes["net"])
     instability.escape_table(results)
     assert read == [("escape_layer",)] * results.n_done

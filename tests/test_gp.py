@@ -1,11 +1,14 @@
 """The GP theory: closed forms against independent quadrature and Monte Carlo, and its claims."""
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import integrate
+from scipy.special import ndtr
 from scipy.stats import multivariate_normal
 
 from simulate import gp
@@ -261,6 +264,166 @@ def test_relu_arc_cosine_kernel():
         )
 
 
+PRICE_SHAPES = [
+    Activation.crelu(1.04, 1.0),
+    Activation.relu_tau(0.6),
+    Activation.cst(0.7, 1.3),
+    Activation.st_tau(0.5),
+    Activation.hard_tanh(1.0),
+    Activation.piecewise_linear([-1.0, 0.5, 2.0], [-0.3, 0.0, 1.5], 0.2, 0.0, name="asymmetric"),
+]
+
+
+def ramp_cross(act: Activation, q: float, rho: float, derivative: bool) -> float:
+    """E[f(u1) f(u2)], f = phi or phi', by one adaptive quadrature over z1 of n(z1) f(sqrt(q) z1)
+    times the inner Gaussian expectation in closed form (an independent path: no Price theorem).
+    phi as ramps, phi(x) = y_1 + s_0 (x - k_1) + sum_j d_j (x - k_j)^+, so for X ~ N(mu, s^2)
+    E[phi(X)] = y_1 + s_0 (mu - k_1) + sum_j d_j ((mu - k_j) Phi(e_j) + s n(e_j)), e_j = (mu - k_j)/s,
+    and E[phi'(X)] = s_0 + sum_j d_j Phi(e_j). The outer integral is split at the kinks and at
+    k_j / (rho sqrt q) +- s 4^i, where the inner expectation bends."""
+    root, s = math.sqrt(q), math.sqrt(q * (1.0 - rho * rho))
+    jumps, knots = np.diff(act.slopes), act.knots
+
+    def inner(mu):
+        e = (mu - knots) / s
+        if derivative:
+            return act.slopes[0] + np.sum(jumps * ndtr(e))
+        ramps = (mu - knots) * ndtr(e) + s * np.exp(-0.5 * e * e) / math.sqrt(2 * math.pi)
+        return act.values[0] + act.slopes[0] * (mu - knots[0]) + np.sum(jumps * ramps)
+
+    f = act.derivative if derivative else act
+    cuts = [*(knots / root), *(knots / (rho * root) if rho else [])]
+    if rho:
+        cuts += [k / (rho * root) + sign * s / abs(rho) / root * 4.0**i for k in knots
+                 for sign in (-1, 1) for i in range(-2, 5)]  # fmt: skip
+    edges = sorted({-12.0, 12.0, *(c for c in cuts if abs(c) < 12.0)})
+    return sum(
+        integrate.quad(
+            lambda z: math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+            * float(f(np.array([root * z]))[0]) * inner(root * rho * z),
+            lo, hi, epsabs=1e-15, epsrel=1e-13, limit=200,
+        )[0]
+        for lo, hi in itertools.pairwise(edges)
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("act", PRICE_SHAPES, ids=lambda a: a.label())
+def test_price_form_against_one_dimensional_quadrature(act):
+    """R, R' and the gap 1 - R by the Price / theta form against ``ramp_cross``, to 1e-12 absolute,
+    at rho in {-0.99, -0.5, 0, 0.5, 0.9, 0.999} (one vectorised call per function)."""
+    q, sw2, sb2 = 0.8, 1.7, 0.1
+    rhos = np.array([-0.99, -0.5, 0.0, 0.5, 0.9, 0.999])
+    cross = np.array([ramp_cross(act, q, r, False) for r in rhos])
+    d_cross = np.array([ramp_cross(act, q, r, True) for r in rhos])
+    expected = (sw2 * cross + sb2) / q
+    np.testing.assert_allclose(
+        gp.correlation_map(act, rhos, q, sw2, sb2), expected, rtol=0, atol=1e-10
+    )
+    np.testing.assert_allclose(
+        gp.correlation_gap(act, 1 - rhos, q, sw2, sb2), 1 - expected, rtol=0, atol=1e-10
+    )
+    np.testing.assert_allclose(
+        gp.correlation_slope(act, rhos, q, sw2), sw2 * d_cross, rtol=0, atol=1e-10
+    )
+
+
+def test_price_form_against_nested_quadrature_near_minus_one():
+    """Soft thresholding at rho = -0.99, where the theta integrand's features sit near pi, against
+    the nested adaptive quadrature ``gp.gaussian_pair_expectation``: 1e-9 absolute."""
+    act, q, sw2, sb2, rho = Activation.st_tau(0.5), 1.0, 1.7, 0.1, -0.99
+    cross = gp.gaussian_pair_expectation(act, act, q, rho, act.kinks)
+    d_cross = gp.gaussian_pair_expectation(act.derivative, act.derivative, q, rho, act.kinks)
+    assert abs(gp.correlation_map(act, rho, q, sw2, sb2) - (sw2 * cross + sb2) / q) < 1e-9
+    assert abs(gp.correlation_slope(act, rho, q, sw2) - sw2 * d_cross) < 1e-9
+
+
+def mp_drop(act: Activation, q: float, sw2: float, delta: float, digits: int = 30) -> float:
+    """R(1) - R(1 - delta) = sigma_w^2 (E[phi(u)^2] - E[phi(u1) phi(u2)]) / q in mpmath at ``digits``
+    digits, both expectations by the ramp form of ``ramp_cross`` (outer mpmath quadrature split
+    where the inner expectation bends, inner in closed form)."""
+    import mpmath as mp
+
+    with mp.workdps(digits):
+        root, rho = mp.sqrt(q), 1 - mp.mpf(delta)
+        s = root * mp.sqrt(1 - rho * rho)
+        knots = [mp.mpf(k) for k in act.knots]
+        jumps = [mp.mpf(d) for d in np.diff(act.slopes)]
+        y0, s0 = mp.mpf(act.values[0]), mp.mpf(act.slopes[0])
+
+        def phi(x):
+            ramps = sum(d * max(x - k, 0) for d, k in zip(jumps, knots, strict=True))
+            return y0 + s0 * (x - knots[0]) + ramps
+
+        def inner(mu):
+            ramps = sum(
+                d * ((mu - k) * mp.ncdf((mu - k) / s) + s * mp.npdf((mu - k) / s))
+                for d, k in zip(jumps, knots, strict=True)
+            )
+            return y0 + s0 * (mu - knots[0]) + ramps
+
+        def expect(g, cuts):
+            edges = sorted({mp.mpf(-14), mp.mpf(14), *(c for c in cuts if abs(c) < 14)})
+            return mp.quad(lambda z: mp.npdf(z) * g(z), edges)
+
+        kinks = [k / root for k in knots]
+        bends = [k / (rho * root) + sign * s / root * mp.mpf(4) ** i for k in knots
+                 for sign in (-1, 1) for i in range(-2, 6)]  # fmt: skip
+        cross = expect(lambda z: phi(root * z) * inner(root * rho * z), kinks + bends)
+        square = expect(lambda z: phi(root * z) ** 2, kinks)
+        return float(sw2 * (square - cross) / q)
+
+
+@pytest.mark.parametrize("delta", [1e-4, 1e-6, 1e-8])
+def test_correlation_gap_keeps_relative_precision_near_one(delta):
+    """The gap's rise over its value at rho = 1, (1 - R(1 - delta)) - (1 - R(1)) = R(1) - R(1 - delta),
+    to 1e-12 relative: ReLU against the arc-cosine kernel in 40-digit mpmath,
+    R(1) - R(rho) = 1 - (sin t + (pi - t) cos t) / pi (sigma_w^2 = 2, q = 1, t = arccos(rho)), and
+    clipped ReLU on the EoC against 30-digit quadrature (``mp_drop``). (1 - R(1) = 1 - V(q)/q
+    itself carries the rounding of V, a few 1e-16 absolute, unless V(q) = q exactly; a gap formed
+    as 1 - R from R in float64 would be off by ~1e-16 / delta relative.)"""
+    import mpmath as mp
+
+    with mp.workdps(40):
+        t = mp.acos(1 - mp.mpf(delta))
+        expected = float(1 - (mp.sin(t) + (mp.pi - t) * mp.cos(t)) / mp.pi)
+    relu = Activation.relu()
+    got = gp.correlation_gap(relu, delta, 1.0, 2.0, 0.0) - gp.correlation_gap(
+        relu, 0, 1.0, 2.0, 0.0
+    )
+    assert abs(got / expected - 1) < 1e-12
+    act, sw2, sb2 = eoc_net("crelu", 0.8, 1.0, 1.0)
+    got = gp.correlation_gap(act, delta, 1.0, sw2, sb2) - gp.correlation_gap(act, 0, 1.0, sw2, sb2)
+    assert abs(got / mp_drop(act, 1.0, sw2, delta) - 1) < 1e-12
+
+
+def test_batched_correlation_and_finite_width_equal_scalar():
+    """A stacked activation (with per-member q*, sigma_w^2, sigma_b^2, rho) gives each member's own
+    R, R', 1 - R and 1/N coefficients, to 1e-14 relative."""
+    members = [Activation.cst(0.3, 0.8), Activation.cst(0.9, 2.0), Activation.cst(1.4, 0.5)]
+    batch = Activation.stack(members)
+    q, sw2, sb2 = np.array([0.7, 1.0, 2.0]), np.array([1.5, 2.5, 4.0]), np.array([0.05, 0.0, 0.2])
+    rho = np.array([[-0.7, 0.2, 0.95], [0.999, -0.2, 0.6]])
+    check = dict(rtol=1e-14, atol=0)
+    got = (
+        gp.correlation_map(batch, rho, q, sw2, sb2),
+        gp.correlation_gap(batch, 1 - rho, q, sw2, sb2),
+        gp.correlation_slope(batch, rho, q, sw2),
+    )
+    terms = gp.finite_width_terms(batch, sw2, sb2, q, 30)
+    for i, act in enumerate(members):
+        args = (q[i], sw2[i], sb2[i])
+        np.testing.assert_allclose(got[0][:, i], gp.correlation_map(act, rho[:, i], *args), **check)
+        np.testing.assert_allclose(
+            got[1][:, i], gp.correlation_gap(act, 1 - rho[:, i], *args), **check
+        )
+        np.testing.assert_allclose(
+            got[2][:, i], gp.correlation_slope(act, rho[:, i], q[i], sw2[i]), **check
+        )
+        single = gp.finite_width(act, sw2[i], sb2[i], q[i], 30, 100)
+        for name, values in zip(("q_gp", "g1", "v4"), terms, strict=True):
+            np.testing.assert_allclose(values[:, i], single[name].values, **check)
+
+
 @pytest.mark.parametrize(("family", "s", "m", "q_star"), CORR_CASES)
 def test_correlation_slope_is_bivariate_rectangle_probability(family, s, m, q_star):
     act, sw2, _ = eoc_net(family, s, m, q_star)
@@ -423,8 +586,8 @@ def test_errors(monkeypatch):
         gp.edge_of_chaos(Activation("crelu", 50.0), 1.0)
     with pytest.raises(ValueError, match=r"rho=1\.5"):
         gp.correlation_map(act, [0.5, 1.5], 1.0, 2.0, 0.0)
-    with pytest.raises(ValueError, match="scalar activation"):
-        gp.correlation_slope(Activation("crelu", np.array([0.1, 0.2])), 0.5, 1.0, 2.0)
+    with pytest.raises(ValueError, match=r"delta=2\.5"):
+        gp.correlation_gap(act, [0.5, 2.5], 1.0, 2.0, 0.0)
     with pytest.raises(ValueError, match="depth=-1"):
         gp.finite_width(act, 2.0, 0.0, 1.0, -1, 10)
     with pytest.raises(ValueError, match="width=0"):
