@@ -35,8 +35,10 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -73,11 +75,24 @@ batched up to it, so that a task takes some tens of milliseconds and joblib's pe
 small."""
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``kill``, a batch scheduler's stop) ends the sweep as Ctrl-C does: the finished
+    cells are kept and the same command resumes. (Only the main thread may set a handler; a
+    sweep run from another thread keeps the default.)"""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep given by ``argv`` (see ``python -m simulate.grid --help``); the exit status."""
     started = time.perf_counter()
     _cap_xla_threads()
     try:
+        _stop_on_sigterm()
         spec, run = parse(argv)
         images = _images(spec, run)
         mode, found = _existing(spec, run, images)

@@ -269,12 +269,14 @@ def interrupt(out: Path, sig: signal.Signals, after: int) -> int:
 
 @pytest.mark.slow
 def test_interrupt_and_kill_9_then_resume_equals_uninterrupted(reference, tmp_path):
-    """Ctrl-C, then kill -9 of the resumed run, then a resume on two workers: the same dataset as
-    one uninterrupted run on one worker. At each stop every cell marked done has its final values."""
+    """Ctrl-C, then kill (SIGTERM) of the resumed run, then kill -9 of the next, then a resume on
+    two workers: the same dataset as one uninterrupted run on one worker. At each stop every cell
+    marked done has its final values."""
     out = tmp_path / "stopped.zarr"
     ref = load(reference)
     first = 0
-    for sig, status in ((signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)):
+    stops = ((signal.SIGINT, 130), (signal.SIGTERM, 130), (signal.SIGKILL, -signal.SIGKILL))
+    for sig, status in stops:
         assert interrupt(out, sig, after=first + 3) == status
         partial = load(out)
         done = partial.cell_done.values
