@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -573,23 +574,24 @@ phase diagram at publication resolution) has its colour bar."""
 MAX_TICKS = 12
 """A heat-map axis of more values than this (the most that get a number in each cell) labels every
 ceil(n / MAX_TICKS)-th tick counted back from the last (the unclipped column), two significant
-digits."""
+digits; a row of more than two panels shares this many between its panels' clip axes."""
 
 
-def _thinned_ticks(values, text) -> tuple[np.ndarray, list[str]]:
-    """Tick positions and labels of a heat-map axis over ``values`` (``MAX_TICKS``)."""
-    if len(values) <= MAX_TICKS:
+def _thinned_ticks(values, text, most: int = MAX_TICKS) -> tuple[np.ndarray, list[str]]:
+    """Tick positions and labels of a heat-map axis over ``values``, at most ``most`` of them
+    (``MAX_TICKS``)."""
+    if len(values) <= most:
         return np.arange(len(values)), [text(v) for v in values]
-    step = math.ceil(len(values) / MAX_TICKS)
+    step = math.ceil(len(values) / most)
     at = range(len(values) - 1, -1, -step)[::-1]  # evenly spaced, ending at the last
     return np.array(at), [text(float(f"{values[i]:.2g}")) for i in at]
 
 
-def _heat_panel(ax, grid, done, sparsities, clips, family, q_star, cmap, notes=None):
+def _heat_panel(ax, grid, done, sparsities, clips, family, q_star, cmap, notes=None, panels=1):
     """One (sparsity, clip) heat map of values in [0, 1]: each value written in its cell (with its
     ``notes`` text, if any; grids up to ``MAX_LABELLED`` rows and columns), cells not run hatched,
-    the theory window's edges over it (named families only). Returns the mesh (for a colour
-    bar)."""
+    the theory window's edges over it (named families only); ``panels``: how many share its row
+    (more than two share ``MAX_TICKS`` clip ticks). Returns the mesh (for a colour bar)."""
     written = max(grid.shape) <= MAX_LABELLED
     mesh = ax.pcolormesh(
         np.arange(clips.size + 1) - 0.5,
@@ -633,7 +635,8 @@ def _heat_panel(ax, grid, done, sparsities, clips, family, q_star, cmap, notes=N
             lw=2,
             label="theory upper edge",
         )
-    ax.set_xticks(*_thinned_ticks(clips, lambda m: f"{m:g}" if math.isfinite(m) else "∞"))
+    most = MAX_TICKS if panels <= 2 else max(MAX_TICKS // (panels - 1), 4)
+    ax.set_xticks(*_thinned_ticks(clips, lambda m: f"{m:g}" if math.isfinite(m) else "∞", most))
     ax.set_yticks(*_thinned_ticks(sparsities, lambda s: f"{s:g}"))
     ax.set_xlim(-0.5, clips.size - 0.5)
     ax.set_ylim(-0.5, sparsities.size - 0.5)
@@ -662,7 +665,9 @@ def fig_phase(results: Results, out: Path, stability) -> list[Path]:
             grid = phase_grid(stability, results, family, q_star, width)
             done = results.done.sel(family=family, q_star=q_star, width=width)
             done = done.transpose("sparsity", "clip").values
-            mesh = _heat_panel(ax, grid, done, sparsities, clips, family, q_star, "rocket")
+            mesh = _heat_panel(
+                ax, grid, done, sparsities, clips, family, q_star, "rocket", panels=len(widths)
+            )
             ax.set_title(f"{family}{_at_q(results, q_star)}, N = {width}")
         row[0].set_ylabel("target sparsity s")
     for ax in axes[-1]:
@@ -774,6 +779,12 @@ def fig_escape_width(results: Results, out: Path, law) -> list[Path] | None:
     return _save(fig, out, "escape_width")
 
 
+MAX_LAW_GROUPS = 8
+"""The width-law figure draws at most this many (family, sparsity) groups, evenly spread over the
+store's in order (the table has them all); groups without a saddle node (infinite asymptotic law,
+ReLU) are left out."""
+
+
 def fig_width_law(results: Results, out: Path, law) -> list[Path] | None:
     """The width law in its asymptotic regime (:mod:`analysis.width_law`). Left: the local exponent
     d ln T / d ln N between adjacent widths (MC mean escape depth, +-1 standard error) against N,
@@ -783,7 +794,12 @@ def fig_width_law(results: Results, out: Path, law) -> list[Path] | None:
     table, local = law
     if table.empty or local.empty:
         return None
-    groups = list(dict.fromkeys(table["group"]))
+    has_law = table.groupby("group", sort=False)["asymptotic"].agg(lambda t: np.isfinite(t).all())
+    every = [g for g in dict.fromkeys(table["group"]) if has_law[g]]
+    if not every:
+        return None
+    picked = np.linspace(0, len(every) - 1, min(len(every), MAX_LAW_GROUPS)).round().astype(int)
+    groups = [every[i] for i in np.unique(picked)]
     palette = dict(zip(groups, sns.color_palette("tab10", len(groups)), strict=True))
     fig, (ax_beta, ax_t) = plt.subplots(1, 2, figsize=(WIDTH_IN * 1.25, 4.4), layout="constrained")
     offsets = dict(zip(groups, np.linspace(-0.04, 0.04, len(groups)), strict=True))
@@ -792,6 +808,7 @@ def fig_width_law(results: Results, out: Path, law) -> list[Path] | None:
         color, mc = palette[group], local[local["group"] == group]
         cells = table[table["group"] == group].sort_values("width")
         label = group.replace(" q_star=1.0", "").replace("family=", "").replace("sparsity=", "s = ")
+        label = re.sub(r"\d+\.\d+", lambda x: f"{float(x.group()):.3g}", label)
         points = {"fmt": "o", "color": color, "capsize": 3, "ms": 5, "label": label}
         ax_beta.errorbar(
             mc["width_mid"] * 10 ** offsets[group], mc["beta_local"], yerr=mc["beta_se"], **points
@@ -823,7 +840,9 @@ def fig_width_law(results: Results, out: Path, law) -> list[Path] | None:
         fig,
         results,
         f"Width law of the escape depth (unclipped, escapes on {results.observable}, "
-        f"{int(table['n_nets'].median())} networks per width)",
+        f"{int(table['n_nets'].median())} networks per width"
+        + (f"; {len(groups)} of {len(every)} groups" if len(groups) < len(every) else "")
+        + ")",
     )
     return _save(fig, out, "width_law")
 

@@ -146,10 +146,12 @@ def onset_layer(cell: Cell, depth: int) -> float:
     act = cell.act
     base = layer_theory(act, cell.sigma_w2, cell.sigma_b2, cell.q0, depth)
     curvature = float(gp.variance_curvature(act, cell.q_ref, cell.sigma_w2))
+    if not curvature > 0:  # no one-sided fixed point to leave (ReLU: V is linear)
+        return math.inf
     layers = np.arange(1, depth + 1)
     spread = np.sqrt(base["v4"].values[1:] / cell.width)
     hit = layers[spread >= 2.0 / (curvature * layers)]
-    return float(hit[0]) if hit.size and curvature > 0 else math.inf
+    return float(hit[0]) if hit.size else math.inf
 
 
 def _group_label(results: Results, cell: Cell) -> str:

@@ -80,9 +80,12 @@ def saddle_node(act: Activation, sigma_w2: float, q_star: float) -> tuple[float,
 
 
 def asymptotic_depth(act: Activation, sigma_w2: float, q_star: float, width) -> np.ndarray:
-    """T(N) = C kappa^{-2/3} (D / N)^{-1/3}: the mean escape depth as N -> inf."""
+    """T(N) = C kappa^{-2/3} (D / N)^{-1/3}: the mean escape depth as N -> inf; inf where
+    kappa <= 0, where there is no saddle node for the law to describe (ReLU: V is linear)."""
     kappa, noise = saddle_node(act, sigma_w2, q_star)
     width = np.asarray(width, dtype=float)
+    if not kappa > 0.0:
+        return np.full(width.shape, math.inf)
     return passage_constant() * kappa ** (-2.0 / 3.0) * (noise / width) ** (-1.0 / 3.0)
 
 
@@ -229,7 +232,7 @@ def width_law_table(
             row |= {
                 "kappa": kappa,
                 "D": noise,
-                "prefactor": passage_constant() * kappa ** (-2 / 3) * noise ** (-1 / 3),
+                "prefactor": float(asymptotic_depth(cell.act, cell.sigma_w2, cell.q_ref, 1.0)),
             }
         every, high = pooled_exponent(cells), pooled_exponent(cells, upper)
         last = local[local["group"].isin(cells["group"])]

@@ -46,6 +46,15 @@ def test_diffusion_theory_tends_to_the_asymptotic_law():
         assert gaps[0] > gaps[1] > gaps[2] > 0 and gaps[2] < 0.02, gaps
 
 
+def test_no_saddle_node_no_asymptotic_law():
+    """ReLU on the EoC (the s = 0.5 end of CReLU): V is linear, V''(q*) = 0, so there is no saddle
+    node and the asymptotic depth is infinite (a sweep's report must not fail on it)."""
+    relu = Activation.from_sparsity("crelu", 0.5, q_star=1.0, m=math.inf)
+    eoc = gp.edge_of_chaos(relu, 1.0)
+    assert width_law.saddle_node(relu, eoc.sigma_w2, 1.0)[0] == 0.0
+    assert np.all(np.isinf(width_law.asymptotic_depth(relu, eoc.sigma_w2, 1.0, [100, 1000])))
+
+
 def test_exponents_recover_a_planted_cube_root_law():
     """Escapes planted at 3 N^{1/3} e^{0.3 z} on v (q NaN): the pooled exponent is within 3 of its
     standard errors of 1/3, every local exponent within 4 of its own."""
