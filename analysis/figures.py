@@ -1282,6 +1282,9 @@ LINK_AXES = {
 """The link figure's panels: column of the link table -> x-axis label (``depth``: the init
 store's)."""
 
+LOG_LINK_AXES = ("gp_corr_gap",)
+"""Link panels drawn on a log axis (their values span decades; Spearman's rho is rank-based)."""
+
 
 def fig_training_link(tr: TrainingResults, out: Path, tables: TrainingTables) -> list[Path] | None:
     """Final test accuracy (mean ± sd over seeds) of every configuration against each
@@ -1324,6 +1327,8 @@ def fig_training_link(tr: TrainingResults, out: Path, tables: TrainingTables) ->
         )
         ax.set_title(stat, fontsize="small")
         ax.set_xlabel(LINK_AXES[column].format(depth=getattr(tables.init, "depth", "")))
+        if column in LOG_LINK_AXES and (link[column] > 0).all():
+            ax.set_xscale("log")
     axes[0, 0].set_ylabel("final test accuracy (mean ± sd over seeds)")
     handles = [
         Line2D([], [], color=WINDOW_COLORS[w], marker="o", ls="none", label=WINDOW_LABELS[w])
