@@ -276,10 +276,7 @@ def cell_theory(cell: Cell, depth: int, c0: float = math.nan) -> xr.Dataset:
     s, ds, d2s = base["s"], base["ds"], base["d2s"]
     columns = {
         "q_gp": q,
-        "q_mean": q + g1 / n,
-        "q_sd": np.sqrt((2.0 * q**2 + v4) / n),
-        "v_mean": q + g1 / n,
-        "v_sd": np.sqrt(v4 / n),
+        **gp.width_moments(q, g1, v4, n),
         "g1": g1,
         "v4": v4,
         "zf_mean": s + (ds * g1 + 0.5 * d2s * v4) / n,

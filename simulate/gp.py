@@ -826,6 +826,20 @@ def finite_width_terms(act: Activation, sigma_w2, sigma_b2, q0, depth: int):
     return q, g1, v4
 
 
+def width_moments(q, g1, v4, width) -> dict[str, np.ndarray]:
+    """The 1/N theory's predictions at width N from (q, G1, V4) (:func:`finite_width`):
+
+    v_mean = q_mean = q + G1 / N,   v_sd = sqrt(V4 / N),   q_sd = sqrt((2 q^2 + V4) / N)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = q + g1 / width
+        return {
+            "q_mean": mean,
+            "q_sd": np.sqrt((2.0 * q**2 + v4) / width),
+            "v_mean": mean,
+            "v_sd": np.sqrt(v4 / width),
+        }
+
+
 def finite_width(act: Activation, sigma_w2, sigma_b2, q0, depth: int, width: int) -> xr.Dataset:
     """First-order 1/N theory of the layer variances of one input (docs/theory.md), for a single
     activation and scalar parameters (:func:`finite_width_terms` takes a batch).
@@ -842,8 +856,7 @@ def finite_width(act: Activation, sigma_w2, sigma_b2, q0, depth: int, width: int
     if int(width) != width or width < 1:
         raise ValueError(f"width={width!r}: must be an integer >= 1")
     q, g1, v4 = finite_width_terms(act, sigma_w2, sigma_b2, float(q0), depth)
-    with np.errstate(over="ignore", invalid="ignore"):
-        sd = np.sqrt((2.0 * q**2 + v4) / width)
+    moments = width_moments(q, g1, v4, width)
     layer = np.arange(depth + 1)
     attrs = {"units": "pre-activation variance"}
     return xr.Dataset(
@@ -851,18 +864,22 @@ def finite_width(act: Activation, sigma_w2, sigma_b2, q0, depth: int, width: int
             "q_gp": ("layer", q, {**attrs, "long_name": "GP variance iterate q^l"}),
             "q_mean": (
                 "layer",
-                q + g1 / width,
+                moments["q_mean"],
                 {**attrs, "long_name": "1/N-corrected mean of q_hat"},
             ),
-            "q_sd": ("layer", sd, {**attrs, "long_name": "predicted std of q_hat over networks"}),
+            "q_sd": (
+                "layer",
+                moments["q_sd"],
+                {**attrs, "long_name": "predicted std of q_hat over networks"},
+            ),
             "v_mean": (
                 "layer",
-                q + g1 / width,
+                moments["v_mean"],
                 {**attrs, "long_name": "1/N-corrected mean of the conditional variance v"},
             ),
             "v_sd": (
                 "layer",
-                np.sqrt(v4 / width),
+                moments["v_sd"],
                 {**attrs, "long_name": "predicted std of v over networks"},
             ),
             "g1": ("layer", g1, {"long_name": "O(1/N) mean shift coefficient G1"}),
