@@ -856,10 +856,11 @@ def fig_survival(results: Results, out: Path) -> list[Path] | None:
     widths = _coords(results, "width")
     sparsities = _coords(results, "sparsity")
     palette = dict(zip(sparsities, sns.color_palette("mako_r", len(sparsities)), strict=True))
+    many = len(widths) > 4  # narrow panels: the width alone in their titles, 2 inches each
     fig, axes = plt.subplots(
         len(facets),
         len(widths),
-        figsize=(WIDTH_IN, 2.5 * len(facets) + 0.5),
+        figsize=(max(WIDTH_IN, 2.0 * len(widths)), 2.5 * len(facets) + 0.5),
         sharex=True,
         sharey=True,
         squeeze=False,
@@ -887,9 +888,10 @@ def fig_survival(results: Results, out: Path) -> list[Path] | None:
                     alpha=0.15,
                     lw=0,
                 )
-            ax.set_title(f"{family}, unclipped{_at_q(results, q_star)}, N = {width}")
+            facet = f"{family}, unclipped{_at_q(results, q_star)}"
+            ax.set_title(f"N = {width:g}" if many else f"{facet}, N = {width}")
             ax.set_xscale("symlog", linthresh=10)
-        row[0].set_ylabel("fraction not escaped")
+        row[0].set_ylabel(f"{facet}\nfraction not escaped" if many else "fraction not escaped")
     for ax in axes[-1]:
         ax.set_xlabel("layer l")
     if axes[0, -1].get_legend_handles_labels()[0]:
@@ -1283,7 +1285,8 @@ LINK_AXES = {
 store's)."""
 
 LOG_LINK_AXES = ("gp_corr_gap",)
-"""Link panels drawn on a log axis (their values span decades; Spearman's rho is rank-based)."""
+"""Link panels drawn on a log axis when their values span more than a decade (Spearman's rho is
+rank-based)."""
 
 
 def fig_training_link(tr: TrainingResults, out: Path, tables: TrainingTables) -> list[Path] | None:
@@ -1327,8 +1330,12 @@ def fig_training_link(tr: TrainingResults, out: Path, tables: TrainingTables) ->
         )
         ax.set_title(stat, fontsize="small")
         ax.set_xlabel(LINK_AXES[column].format(depth=getattr(tables.init, "depth", "")))
-        if column in LOG_LINK_AXES and (link[column] > 0).all():
-            ax.set_xscale("log")
+        values = link[column]
+        if column in LOG_LINK_AXES:
+            if (values > 0).all() and values.max() > 10 * values.min():
+                ax.set_xscale("log")
+            else:  # a narrow range of tiny values (1 - c^L ~ 1e-4): few, long tick labels
+                ax.xaxis.set_major_locator(MaxNLocator(4))
     axes[0, 0].set_ylabel("final test accuracy (mean ± sd over seeds)")
     handles = [
         Line2D([], [], color=WINDOW_COLORS[w], marker="o", ls="none", label=WINDOW_LABELS[w])
