@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from simulate import grid
+from simulate import grid, store
 
 GRID = [
     "--family", "crelu,cst", "--sparsity", "0.7", "--clip", "1,inf", "--q-star", "1",
@@ -55,7 +55,22 @@ def flip_byte(path: Path) -> None:
 
 
 def chunk(out: Path, name: str, index: tuple[int, ...]) -> Path:
-    return out / name / "c" / Path(*map(str, index))
+    return store.chunk_file(out, name, index)
+
+
+def nest_chunk_keys(out: Path) -> None:
+    """Turn the store into the layout written before ``store.CHUNK_KEYS``: chunk ``c.i.j`` of
+    every array moved to ``c/i/j``, and the arrays' metadata (their own and the consolidated copy)
+    saying separator "/"."""
+    root = json.loads((out / "zarr.json").read_text())
+    for name, meta in root["consolidated_metadata"]["metadata"].items():
+        meta["chunk_key_encoding"]["configuration"]["separator"] = "/"
+        (out / name / "zarr.json").write_text(json.dumps(meta))
+        for flat in (out / name).glob("c.*"):
+            nested = out / name / Path(*flat.name.split("."))
+            nested.parent.mkdir(parents=True, exist_ok=True)
+            flat.rename(nested)
+    (out / "zarr.json").write_text(json.dumps(root))
 
 
 def rerun(out: Path, capsys, *extra: str) -> str:
@@ -87,7 +102,7 @@ def test_run_again_repairs_to_the_untouched_data(untouched, copy, capsys, damage
     if name in ("q", "escape_layer"):
         path = chunk(copy, name, (1, 0, 0, 0, 1) + (0,) * (3 if name == "q" else 1))
     else:
-        path = next(p for p in (copy / name / "c").rglob("*") if p.is_file())
+        path = next((copy / name).glob("c.*"))
     if action == "flip":
         flip_byte(path)
     else:
@@ -146,4 +161,26 @@ def test_a_store_missing_an_array_is_replaced_with_overwrite(untouched, copy, ca
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "a damaged sweep store" in err[0] and "--overwrite" in err[0]
     rerun(copy, capsys, "--overwrite")
+    xr.testing.assert_identical(load(copy), load(untouched))
+
+
+def test_chunks_are_files_beside_their_metadata(untouched):
+    """No directory below an array's (zarr's default nests one per index level, which at one
+    chunk per cell took more space on disk than the data)."""
+    arrays = [p for p in untouched.iterdir() if p.is_dir()]
+    assert len(arrays) > 20
+    assert not [p for array in arrays for p in array.iterdir() if p.is_dir()]
+
+
+def test_a_store_with_nested_chunk_keys_is_repaired_and_rebuilt(untouched, copy, capsys):
+    """A store written with directory chunk keys: a damaged cell is found and recomputed, and a
+    garbled root is rebuilt keeping its chunks (still nested), both ending as the untouched."""
+    nest_chunk_keys(copy)
+    xr.testing.assert_identical(load(copy), load(untouched))
+    flip_byte(chunk(copy, "q", (1, 0, 0, 0, 1, 0, 0, 0)))
+    assert "1 damaged cells" in rerun(copy, capsys)
+    xr.testing.assert_identical(load(copy), load(untouched))
+    (copy / "zarr.json").write_text("{ not json")
+    rerun(copy, capsys, "--repair")
+    assert (copy / "q" / "c").is_dir() and not list((copy / "q").glob("c.*"))
     xr.testing.assert_identical(load(copy), load(untouched))

@@ -24,7 +24,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from simulate import grid, schema
+from simulate import grid, schema, store
 from simulate.spec import TRAIN_EXTRA, Spec, TrainSpec, cells, parse, resolve
 from simulate.train.data import FASHION_APT, FASHION_FILES, load_dataset
 from simulate.train.options import OPTIMIZERS, SCHEDULES
@@ -248,7 +248,7 @@ def test_a_damaged_run_is_recomputed(reference, jax_cache, tmp_path):
     retrains that run alone, and the store ends as the uninterrupted one."""
     out = tmp_path / "damaged.zarr"
     shutil.copytree(reference, out)
-    chunk = out / "test_acc" / "c" / Path(*"0/0/0/0/0/0/1/4/0".split("/"))
+    chunk = store.chunk_file(out, "test_acc", (0, 0, 0, 0, 0, 0, 1, 4, 0))
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
