@@ -51,6 +51,7 @@ where the 1/N theory breaks.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -61,7 +62,7 @@ from ._cli import Parser, probability, run_cli
 from ._store import Cell, Results, open_results
 from ._table import markdown_table
 from ._tails import chi2_score, t_score
-from .theory import cell_theory, correlation_theory
+from .theory import correlation_theory, theory_columns
 
 ALPHA = 0.01
 """Family-wise significance level of the per-cell verdict."""
@@ -149,9 +150,46 @@ def sidak_threshold(alpha: float, k: int) -> float:
 
 def _per_input(x: xr.DataArray, inner: str = "input") -> np.ndarray:
     """(net, layer, ``inner``) array; a variable without ``inner`` gets a length-1 axis."""
-    if inner not in x.dims:
-        x = x.expand_dims(inner, axis=-1)
-    return x.transpose("net", "layer", inner).values.astype(float)
+    values = x.transpose("net", "layer", *([inner] if inner in x.dims else [])).values
+    return values.astype(float).reshape(*values.shape[:2], -1)
+
+
+def _compare(cell: Cell, depth: int, c0) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """The variables of :func:`compare_cell` as name -> (dims, values), layer first."""
+    theory = {k: v[cell.layers] for k, v in theory_columns(cell, depth).items()}
+    obs = cell.observable
+    x = _per_input(cell.variance)
+    zf = _per_input(cell.data["zero_frac"])
+    corr = _per_input(cell.correlation, "pair")
+    c0s = np.broadcast_to(np.asarray(c0, dtype=float), corr.shape[-1:])
+    corr_theory = np.stack([correlation_theory(cell, depth, c) for c in c0s], axis=-1)[cell.layers]
+    with np.errstate(over="ignore"):
+        gain = np.exp(_per_input(cell.log_gain)[:, :, 0])
+    col = (slice(None), None)  # layer predictions broadcast over inputs
+    mean, sd = theory[f"{obs}_mean"][col], theory[f"{obs}_sd"][col]
+    n_alive, x_mc_mean, x_mc_sd = _moments(x)
+    pair_dims = ("layer", "pair") if "pair" in cell.correlation.dims else ("layer",)
+    squeeze = (slice(None), slice(None)) if len(pair_dims) == 2 else (slice(None), 0)
+    z = {
+        f"{obs}_mean": z_known_sd(x, mean, sd),
+        f"{obs}_sd": z_spread(x, sd),
+        "zero_frac": z_known_sd(zf, theory["zf_mean"][col], theory["zf_sd"][col]),
+        "corr": z_sample_sd(corr, corr_theory)[squeeze],
+        "gain": z_sample_sd(gain, theory["chi1"]),
+    }
+    theory["corr"] = corr_theory[squeeze]
+    dims, layer = ("layer", "input"), ("layer",)
+    dims_of = {"corr": pair_dims, "gain": layer}
+    return {
+        **{k: (pair_dims if k == "corr" else layer, v) for k, v in theory.items()},
+        "n_alive": (dims, n_alive),
+        f"{obs}_mc_mean": (dims, x_mc_mean),
+        f"{obs}_mc_sd": (dims, x_mc_sd),
+        "zf_mc_mean": (dims, _moments(zf)[1]),
+        "corr_mc_mean": (pair_dims, _moments(corr)[1][squeeze]),
+        "gain_mc_mean": (layer, _moments(gain)[1]),
+        **{f"z_{k}": (dims_of.get(k, dims), v) for k, v in z.items()},
+    }
 
 
 def compare_cell(cell: Cell, depth: int, c0=math.nan) -> xr.Dataset:
@@ -164,38 +202,7 @@ def compare_cell(cell: Cell, depth: int, c0=math.nan) -> xr.Dataset:
     ``<obs>_mc_sd``, obs = q or v), the predictions of :func:`analysis.theory.cell_theory`, and
     one ``z_<stat>`` per statistic.
     """
-    theory = cell_theory(cell, depth).sel(layer=cell.layers)
-    obs = cell.observable
-    x = _per_input(cell.variance)
-    zf = _per_input(cell.data["zero_frac"])
-    corr = _per_input(cell.correlation, "pair")
-    c0s = np.broadcast_to(np.asarray(c0, dtype=float), corr.shape[-1:])
-    corr_theory = np.stack([correlation_theory(cell, depth, c) for c in c0s], axis=-1)[cell.layers]
-    with np.errstate(over="ignore"):
-        gain = np.exp(_per_input(cell.log_gain)[:, :, 0])
-    col = (slice(None), None)  # layer predictions broadcast over inputs
-    mean, sd = theory[f"{obs}_mean"].values[col], theory[f"{obs}_sd"].values[col]
-    n_alive, x_mc_mean, x_mc_sd = _moments(x)
-    pair_dims = ("layer", "pair") if "pair" in cell.correlation.dims else ("layer",)
-    squeeze = (slice(None), slice(None)) if len(pair_dims) == 2 else (slice(None), 0)
-    z = {
-        f"{obs}_mean": z_known_sd(x, mean, sd),
-        f"{obs}_sd": z_spread(x, sd),
-        "zero_frac": z_known_sd(zf, theory["zf_mean"].values[col], theory["zf_sd"].values[col]),
-        "corr": z_sample_sd(corr, corr_theory)[squeeze],
-        "gain": z_sample_sd(gain, theory["chi1"].values),
-    }
-    dims = ("layer", "input")
-    out = theory.assign(
-        n_alive=(dims, n_alive),
-        **{f"{obs}_mc_mean": (dims, x_mc_mean), f"{obs}_mc_sd": (dims, x_mc_sd)},
-        zf_mc_mean=(dims, _moments(zf)[1]),
-        corr=(pair_dims, corr_theory[squeeze]),
-        corr_mc_mean=(pair_dims, _moments(corr)[1][squeeze]),
-        gain_mc_mean=("layer", _moments(gain)[1]),
-    )
-    dims_of = {"corr": pair_dims, "gain": ("layer",)}
-    return out.assign({f"z_{k}": (dims_of.get(k, dims), v) for k, v in z.items()})
+    return xr.Dataset(_compare(cell, depth, c0), coords={"layer": cell.layers})
 
 
 def _first_exceedance(z: np.ndarray, layers: np.ndarray, threshold: float) -> float:
@@ -208,13 +215,17 @@ def _first_exceedance(z: np.ndarray, layers: np.ndarray, threshold: float) -> fl
 def verdict(comparison: xr.Dataset, alpha: float = ALPHA) -> dict:
     """One row: max |z| per statistic, the Sidak threshold, the largest deviation of the mean
     correlation from the GP, pass/fail and the first failing layer and statistic."""
-    obs = "q" if "z_q_mean" in comparison else "v"
-    stats_tested = verdict_stats(obs)
-    layers = comparison["layer"].values
-    z = {
-        s: comparison[f"z_{s}"].transpose("layer", ...).values
-        for s in (*stats_tested, *REPORTED_STATS)
+    arrays = {
+        name: comparison[name].transpose("layer", ...).values for name in comparison.data_vars
     }
+    return _verdict(arrays, comparison["layer"].values, alpha)
+
+
+def _verdict(arrays: dict[str, np.ndarray], layers: np.ndarray, alpha: float) -> dict:
+    """:func:`verdict` of a comparison given as arrays by name (layer first)."""
+    obs = "q" if "z_q_mean" in arrays else "v"
+    stats_tested = verdict_stats(obs)
+    z = {s: arrays[f"z_{s}"] for s in (*stats_tested, *REPORTED_STATS)}
     finite = sum(int(np.isfinite(z[s]).sum()) for s in stats_tested)
     threshold = sidak_threshold(alpha, finite)
     row: dict = {"n_tests": finite, "z_crit": threshold}
@@ -227,12 +238,11 @@ def verdict(comparison: xr.Dataset, alpha: float = ALPHA) -> dict:
         if stat in stats_tested and layer < first_layer:
             first_layer, first_stat = layer, stat
     # (v at layer 0 is exact: sd 0, no z, yet not untested)
-    alive = comparison["n_alive"].transpose("layer", ...).values
-    tested = (alive >= 2).reshape(layers.size, -1).any(axis=1)
+    tested = (arrays["n_alive"] >= 2).reshape(layers.size, -1).any(axis=1)
     untested = layers[~tested]
     if untested.size and untested[0] < first_layer:
         first_layer, first_stat = float(untested[0]), "untested"
-    deviation = np.abs(comparison["corr_mc_mean"].values - comparison["corr"].values)
+    deviation = np.abs(arrays["corr_mc_mean"] - arrays["corr"])
     row["corr_max_dev"] = float(np.nanmax(deviation)) if np.isfinite(deviation).any() else math.nan
     row["agrees"] = math.isinf(first_layer) and finite > 0
     row["first_fail_layer"] = math.nan if math.isinf(first_layer) else first_layer
@@ -252,16 +262,18 @@ def fit_table(results: Results, alpha: float = ALPHA) -> pd.DataFrame:
     rows = []
     read = ("variance", "correlation", "log_gain", "zero_frac", "escape_layer")
     for cell in results.cells(read):
-        comparison = compare_cell(cell, results.depth, results.pair_c0)
+        arrays = {k: v for k, (_, v) in _compare(cell, results.depth, results.pair_c0).items()}
         escaped = int((cell.data["escape_layer"].values >= 0).sum())
-        eps = np.abs(comparison["g1"] / comparison["q_gp"]).max() / cell.width
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all NaN: nanmax is NaN
+            eps = np.nanmax(np.abs(arrays["g1"] / arrays["q_gp"])) / cell.width
         rows.append(
             {
                 **cell.key,
                 "n_nets": int(cell.data.sizes["net"]),
                 "n_escaped": escaped,
                 "eps_1n": float(eps),
-                **verdict(comparison, alpha),
+                **_verdict(arrays, cell.layers, alpha),
             }
         )
     return pd.DataFrame(rows)

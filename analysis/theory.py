@@ -35,7 +35,7 @@ import math
 import numpy as np
 import xarray as xr
 
-from simulate import gp, schema
+from simulate import gp
 from simulate.activations import Activation
 
 from ._store import PER_CELL, Cell, Results
@@ -194,8 +194,11 @@ def prepare(results: Results) -> None:
     q_star = per_cell("q_star") if results.eoc else None
     c0s = np.unique([c for c in (*results.pair_c0, results.c0) if math.isfinite(c)])
     groups: dict[tuple[int, int], list] = {}
+    labels = [finished[d].values for d in dims]
     for index in zip(*np.nonzero(finished.values), strict=True):
-        act = schema.activation_at(results.ds, index)
+        act = results.activation(
+            {d: label[i] for d, label, i in zip(dims, labels, index, strict=True)}
+        )
         q0 = results.q0(None if q_star is None else float(q_star[index]))
         cell = (
             _Keyed(act),
@@ -266,15 +269,14 @@ def correlation_theory(cell: Cell, depth: int, c0: float) -> np.ndarray:
     return np.full(depth + 1, np.nan)
 
 
-def cell_theory(cell: Cell, depth: int, c0: float = math.nan) -> xr.Dataset:
-    """Predictions over ``layer`` = 0..depth for one cell (see the module docstring): q_gp,
-    q_mean, q_sd, v_mean, v_sd, g1, v4, zf_mean, zf_sd, corr (:func:`correlation_theory`), chi1 (of
-    the layer below). ``<observable>_mean`` and ``<observable>_sd`` are the cell's variance's."""
+def theory_columns(cell: Cell, depth: int, c0: float = math.nan) -> dict[str, np.ndarray]:
+    """:func:`cell_theory` as plain arrays over layers 0..depth, by variable name (no Dataset to
+    build: the fit table asks for one per cell)."""
     n = cell.width
     base = _layer_values(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q0, depth)
     q, g1, v4 = base["q_gp"], base["g1"], base["v4"]
     s, ds, d2s = base["s"], base["ds"], base["d2s"]
-    columns = {
+    return {
         "q_gp": q,
         **gp.width_moments(q, g1, v4, n),
         "g1": g1,
@@ -284,6 +286,13 @@ def cell_theory(cell: Cell, depth: int, c0: float = math.nan) -> xr.Dataset:
         "corr": correlation_theory(cell, depth, c0),
         "chi1": base["chi1"],
     }
+
+
+def cell_theory(cell: Cell, depth: int, c0: float = math.nan) -> xr.Dataset:
+    """Predictions over ``layer`` = 0..depth for one cell (see the module docstring): q_gp,
+    q_mean, q_sd, v_mean, v_sd, g1, v4, zf_mean, zf_sd, corr (:func:`correlation_theory`), chi1 (of
+    the layer below). ``<observable>_mean`` and ``<observable>_sd`` are the cell's variance's."""
+    columns = theory_columns(cell, depth, c0)
     return xr.Dataset(
         {k: ("layer", v) for k, v in columns.items()}, coords={"layer": np.arange(depth + 1)}
     )

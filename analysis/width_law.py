@@ -89,6 +89,20 @@ def asymptotic_depth(act: Activation, sigma_w2: float, q_star: float, width) -> 
     return passage_constant() * kappa ** (-2.0 / 3.0) * (noise / width) ** (-1.0 / 3.0)
 
 
+@activation_cache(maxsize=16)
+def _diffusion_grid(
+    act: Activation, sigma_w2: float, sigma_b2: float, q_star: float, escape_factor: float, points
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The width-free part of :func:`diffusion_depth` (shared by the widths of a parameter cell):
+    the grid on [q* / f, f q*], dense near q*, and on it the drift V(v) - v and N times the
+    variance, sigma_w^4 Var[phi(sqrt(v) z)^2]."""
+    lo, hi = q_star / escape_factor, q_star * escape_factor
+    s = np.sinh(np.linspace(np.arcsinh(-80.0), np.arcsinh(80.0), points))
+    grid = np.unique(np.clip(q_star + s * (hi - q_star) / 80.0, lo, hi))
+    grid = grid[grid >= lo]
+    return grid, gp.variance_map(act, grid, sigma_w2, sigma_b2) - grid, _noise(act, grid, sigma_w2)
+
+
 @activation_cache(maxsize=256)
 def diffusion_depth(
     act: Activation,
@@ -107,12 +121,8 @@ def diffusion_depth(
 
     exact for Phi linear and the weight 2 / s^2 constant (= w_k, its mean) over a step h_k, so
     nothing overflows however steep Phi is at large N."""
-    lo, hi = q_star / escape_factor, q_star * escape_factor
-    s = np.sinh(np.linspace(np.arcsinh(-80.0), np.arcsinh(80.0), points))
-    grid = np.unique(np.clip(q_star + s * (hi - q_star) / 80.0, lo, hi))
-    grid = grid[grid >= lo]
-    drift = gp.variance_map(act, grid, sigma_w2, sigma_b2) - grid
-    spread = _noise(act, grid, sigma_w2) / width
+    grid, drift, noise = _diffusion_grid(act, sigma_w2, sigma_b2, q_star, escape_factor, points)
+    spread = noise / width
     rate = 2.0 * drift / spread  # Phi'
     step = np.diff(grid)
     d_phi = 0.5 * (rate[1:] + rate[:-1]) * step

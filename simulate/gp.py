@@ -393,6 +393,17 @@ def _sign_change_roots(f, grid, values):
     return roots
 
 
+def _extended(act: Activation, sigma_w2, sigma_b2, grid, on_grid, knots) -> np.ndarray:
+    """V(q) - q on ``knots``, a sorted superset of ``grid`` where V is known (``on_grid``): V is
+    evaluated at the new points only (elementwise, so the values are those of one call on all)."""
+    values = np.empty(knots.size)
+    known = np.zeros(knots.size, dtype=bool)
+    known[np.searchsorted(knots, grid)] = True
+    values[known] = on_grid
+    values[~known] = variance_map(act, knots[~known], sigma_w2, sigma_b2)
+    return values - knots
+
+
 def fixed_points(
     act: Activation,
     sigma_w2: float,
@@ -413,7 +424,8 @@ def fixed_points(
     q_min, default_max = _search_range(act, sigma_w2, sigma_b2)
     q_max = default_max if q_max is None else q_max
     grid = np.geomspace(min(q_min, 1e-8 * q_max), q_max, 4001)
-    if np.all(np.abs(variance_map(act, grid, sigma_w2, sigma_b2) - grid) <= 1e-10 * grid):
+    on_grid = variance_map(act, grid, sigma_w2, sigma_b2)
+    if np.all(np.abs(on_grid - grid) <= 1e-10 * grid):
         raise ValueError(
             f"{act.label()} with sigma_w2={sigma_w2}, sigma_b2={sigma_b2}: V(q) = q on the whole "
             "range, every q is a fixed point"
@@ -427,7 +439,7 @@ def fixed_points(
 
     extrema = _sign_change_roots(slope_gap, grid, variance_slope(act, grid, sigma_w2) - 1.0)
     knots = np.union1d(grid, extrema)
-    roots = _sign_change_roots(gap, knots, variance_map(act, knots, sigma_w2, sigma_b2) - knots)
+    roots = _sign_change_roots(gap, knots, _extended(act, sigma_w2, sigma_b2, grid, on_grid, knots))
     roots += [q for q in extrema if abs(gap(q)) <= 1e-9 * q]
     merged: list[float] = []
     for q in sorted(roots):
