@@ -683,6 +683,18 @@ def fig_phase(results: Results, out: Path, stability) -> list[Path]:
     return _save(fig, out, "phase_diagram")
 
 
+MAX_LAW_GROUPS = 8
+"""The width-law figures draw at most this many sparsities (escape_width: per panel; width_law:
+(family, sparsity) groups), evenly spread over the store's in order (the tables have them all);
+groups without a saddle node (infinite asymptotic law, ReLU) are left out of width_law."""
+
+
+def _spread(items: list, most: int = MAX_LAW_GROUPS) -> list:
+    """At most ``most`` of ``items``, evenly spread, first and last included."""
+    picked = np.linspace(0, len(items) - 1, min(len(items), most)).round().astype(int)
+    return [items[i] for i in np.unique(picked)]
+
+
 def fig_escape_width(results: Results, out: Path, law) -> list[Path] | None:
     """Median escape depth (KM, 95% interval) against width, log-log, with the fitted law and the
     1/N theory's onset layer: one panel per (family, q*). ``law``: the store's (points, fits) of
@@ -696,7 +708,11 @@ def fig_escape_width(results: Results, out: Path, law) -> list[Path] | None:
         for f, q in _facets(results)
         if ((points["family"] == f) & (points["q_star"] == q)).any()
     ]
-    sparsities = _coords(results, "sparsity")
+    every = list(_coords(results, "sparsity"))
+    sparsities = _spread(every)
+    drawn = (
+        f"; {len(sparsities)} of {len(every)} sparsities" if len(sparsities) < len(every) else ""
+    )
     palette = dict(zip(sparsities, sns.color_palette("mako_r", len(sparsities)), strict=True))
     fig, axes = plt.subplots(
         1, len(facets), figsize=(WIDTH_IN, 4.6), sharey=True, squeeze=False, layout="constrained"
@@ -728,7 +744,7 @@ def fig_escape_width(results: Results, out: Path, law) -> list[Path] | None:
                     np.exp(fit["intercept"]) * x_line ** fit["beta"],
                     color=color,
                     lw=1.2,
-                    label=f"s = {s:g}: {fit['beta']:.2f} [{fit['beta_lo']:.2f}, {fit['beta_hi']:.2f}]",
+                    label=f"s = {s:.3g}: {fit['beta']:.2f} [{fit['beta_lo']:.2f}, {fit['beta_hi']:.2f}]",
                 )
         ax.axhline(results.depth, color="grey", ls=":", lw=1)
         ax.set_xscale("log")
@@ -750,9 +766,9 @@ def fig_escape_width(results: Results, out: Path, law) -> list[Path] | None:
         ax.legend(
             fontsize="x-small",
             loc="upper center",
-            bbox_to_anchor=(0.5, -0.2),
+            bbox_to_anchor=(0.5, -0.25),
             ncol=2,
-            title="exponent $\\beta$ of L = A N$^\\beta$ [95% bootstrap CI]",
+            title=f"exponent $\\beta$ of L = A N$^\\beta$ [95% bootstrap CI]{drawn}",
             title_fontsize="x-small",
         )
     axes[0, 0].set_ylabel("median escape depth (layers)")
@@ -779,12 +795,6 @@ def fig_escape_width(results: Results, out: Path, law) -> list[Path] | None:
     return _save(fig, out, "escape_width")
 
 
-MAX_LAW_GROUPS = 8
-"""The width-law figure draws at most this many (family, sparsity) groups, evenly spread over the
-store's in order (the table has them all); groups without a saddle node (infinite asymptotic law,
-ReLU) are left out."""
-
-
 def fig_width_law(results: Results, out: Path, law) -> list[Path] | None:
     """The width law in its asymptotic regime (:mod:`analysis.width_law`). Left: the local exponent
     d ln T / d ln N between adjacent widths (MC mean escape depth, +-1 standard error) against N,
@@ -798,8 +808,7 @@ def fig_width_law(results: Results, out: Path, law) -> list[Path] | None:
     every = [g for g in dict.fromkeys(table["group"]) if has_law[g]]
     if not every:
         return None
-    picked = np.linspace(0, len(every) - 1, min(len(every), MAX_LAW_GROUPS)).round().astype(int)
-    groups = [every[i] for i in np.unique(picked)]
+    groups = _spread(every)
     palette = dict(zip(groups, sns.color_palette("tab10", len(groups)), strict=True))
     fig, (ax_beta, ax_t) = plt.subplots(1, 2, figsize=(WIDTH_IN * 1.25, 4.4), layout="constrained")
     offsets = dict(zip(groups, np.linspace(-0.04, 0.04, len(groups)), strict=True))
