@@ -5,10 +5,10 @@
 The baseline's ``analysis`` and ``simulate`` packages are exported from git (``git archive``, the
 working tree untouched) into a scratch directory; then the report of STORE is written by the
 baseline and by the working tree, one after the other (``--repeat`` times each, alternating), each
-into its own scratch directory. Per run: wall time, CPU time (user + sys of the report and the
-worker processes it waited for) and peak resident set size (the largest of those processes), read
-from ``os.wait4``. On a machine shared with other work compare the CPU times: the wall times
-depend on what else runs. The last line says whether the two report.md files are byte-identical.
+into its own scratch directory. Per run: wall time, and the CPU time (user + sys) and peak resident
+set size of the report's process, read from ``os.wait4``. On a machine shared with other work
+compare the CPU times: the wall times depend on what else runs. The last line says whether the two
+report.md files are byte-identical.
 """
 
 from __future__ import annotations

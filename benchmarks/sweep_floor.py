@@ -1,11 +1,11 @@
 """How fast could a Monte Carlo sweep be? Its cost by the engines' cost model, against the floor of
 drawing one standard normal per sloped value, measured here.
 
-    python benchmarks/sweep_floor.py STORE [--nets N]   (with the package installed, or PYTHONPATH=.)
+    python benchmarks/sweep_floor.py STORE [--nets N]   (package installed, or PYTHONPATH=.)
 
 STORE is a finished (or partial) Monte Carlo store, which gives the sweep and, through its escape
-layers, how many layers each network actually ran (an escaped network stops there). ``--nets`` scales
-the count to another number of networks per cell (default: the store's), e.g. the 64-network
+layers, how many layers each network actually ran (an escaped network stops there). ``--nets``
+scales the count to another number of networks per cell (default: the store's), e.g. the 64-network
 moonshot store to the spec's 256.
 
 For each cell, with L the layers a network ran (escape layer + 1, or depth + 1) summed over its

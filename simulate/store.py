@@ -49,11 +49,11 @@ from simulate.spec import Spec, TrainSpec
 COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())
 """Codecs after the bytes serialiser, for every array: zstd (zarr's default), then a checksum."""
 
-CHUNK_KEYS = {"name": "default", "separator": "."}
-"""Chunk file names of every array: ``c.0.3.1`` beside the array's ``zarr.json``. zarr's default
-separator "/" makes a directory per index level (``c/0/3/1``): about 3.5 directories per chunk at
-one chunk per cell, which at the moonshot sweep's 3,360 cells and 16 cell variables was more of the
-store on disk than the data itself."""
+CHUNK_SEPARATOR = "."
+"""Separator of the chunk keys of every array: chunk files ``c.0.3.1`` beside its ``zarr.json``.
+zarr's default "/" makes a directory per index level (``c/0/3/1``): about 3.5 directories per chunk
+at one chunk per cell, which at the moonshot sweep's 3,360 cells and 16 cell variables was more of
+the store on disk than the data itself."""
 
 _FLAG_CHUNK = 4096
 """Most ``cell_done`` flags per chunk (a flag is set by rewriting its chunk)."""
@@ -88,11 +88,13 @@ def nbytes(spec: Spec | TrainSpec) -> int:
     return param_nbytes(spec) + math.prod(spec.cell_shape) * (cell_nbytes(spec) + 1)
 
 
-def create(path: Path, skeleton: xr.Dataset, spec: Spec | TrainSpec, separator: str = ".") -> None:
+def create(
+    path: Path, skeleton: xr.Dataset, spec: Spec | TrainSpec, separator: str = CHUNK_SEPARATOR
+) -> None:
     """Write the empty store at ``path`` (replacing what is there): ``skeleton`` (from
     :func:`simulate.schema.skeleton`: coordinates, parameter variables, ``cell_done`` False,
     attributes), then the cell variables of ``spec``, fill-valued, one chunk per cell. Chunk keys
-    use ``separator`` (:data:`CHUNK_KEYS`; "/" only to rebuild a store written with nested keys)."""
+    use ``separator`` (:data:`CHUNK_SEPARATOR`; "/" only to rebuild a store with nested keys)."""
     scratch = path.with_name(path.name + ".creating")
     shutil.rmtree(scratch, ignore_errors=True)
     encoding = {name: _encoding(separator) for name in skeleton.variables}
@@ -123,18 +125,18 @@ def create(path: Path, skeleton: xr.Dataset, spec: Spec | TrainSpec, separator: 
         scratch.rename(path)
 
 
-def _encoding(separator: str = ".") -> dict:
+def _encoding(separator: str = CHUNK_SEPARATOR) -> dict:
     """Codecs and chunk keys of an array (xarray's ``encoding`` or zarr's ``create_array``)."""
     return {
         "compressors": COMPRESSORS,
-        "chunk_key_encoding": CHUNK_KEYS | {"separator": separator},
+        "chunk_key_encoding": {"name": "default", "separator": separator},
     }
 
 
 def chunk_file(path: Path, name: str, index: tuple[int, ...]) -> Path:
     """The file holding chunk ``index`` (chunk coordinates) of array ``name`` of the store at
-    ``path``, by the array's own chunk key encoding (stores written before :data:`CHUNK_KEYS` nest
-    them in directories)."""
+    ``path``, by the array's own chunk key encoding (stores written before
+    :data:`CHUNK_SEPARATOR` nest them in directories)."""
     with _quiet():
         array = zarr.open_array(path / name, mode="r")
     return path / name / array.metadata.encode_chunk_key(index)
@@ -185,10 +187,10 @@ def rebuild(path: Path, skeleton: xr.Dataset, spec: Spec | TrainSpec) -> None:
     """Remake the store at ``path`` from ``spec``, keeping the chunk files of its cell variables and
     of ``cell_done`` (whatever of them is intact; :meth:`Writer.inspect` tells)."""
     names = (*cell_variables(spec), "cell_done")
-    nested = any((path / name / "c").is_dir() for name in names)  # written before CHUNK_KEYS
+    nested = any((path / name / "c").is_dir() for name in names)  # written before CHUNK_SEPARATOR
     fresh = path.with_name(path.name + ".rebuilt")
     shutil.rmtree(fresh, ignore_errors=True)
-    create(fresh, skeleton, spec, separator="/" if nested else ".")
+    create(fresh, skeleton, spec, separator="/" if nested else CHUNK_SEPARATOR)
     for name in names:
         for chunks in _chunk_entries(fresh / name):
             if chunks.is_dir():

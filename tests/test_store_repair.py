@@ -59,7 +59,7 @@ def chunk(out: Path, name: str, index: tuple[int, ...]) -> Path:
 
 
 def nest_chunk_keys(out: Path) -> None:
-    """Turn the store into the layout written before ``store.CHUNK_KEYS``: chunk ``c.i.j`` of
+    """Turn the store into the layout written before ``store.CHUNK_SEPARATOR``: chunk ``c.i.j`` of
     every array moved to ``c/i/j``, and the arrays' metadata (their own and the consolidated copy)
     saying separator "/"."""
     root = json.loads((out / "zarr.json").read_text())
