@@ -863,9 +863,10 @@ def fig_survival(results: Results, out: Path) -> list[Path] | None:
         return None
     facets = _facets(results)
     widths = _coords(results, "width")
-    sparsities = _coords(results, "sparsity")
+    every = list(_coords(results, "sparsity"))
+    sparsities = _spread(every)
     palette = dict(zip(sparsities, sns.color_palette("mako_r", len(sparsities)), strict=True))
-    many = len(widths) > 4  # narrow panels: the width alone in their titles, 2 inches each
+    many = len(widths) > 3  # narrow panels: the width alone in their titles, 2 inches each
     fig, axes = plt.subplots(
         len(facets),
         len(widths),
@@ -879,6 +880,8 @@ def fig_survival(results: Results, out: Path) -> list[Path] | None:
         for ax, width in zip(row, widths, strict=True):
             where = {"family": family, "q_star": q_star, "clip": math.inf, "width": width}
             for cell in results.cells(ESCAPES, **where):
+                if cell.key["sparsity"] not in palette:
+                    continue
                 curve = kaplan_meier(*escape_times(cell, results.depth))
                 color = palette[cell.key["sparsity"]]
                 ax.step(
@@ -886,7 +889,7 @@ def fig_survival(results: Results, out: Path) -> list[Path] | None:
                     survival_at(curve, layers),
                     where="post",
                     color=color,
-                    label=f"s = {cell.key['sparsity']:g}",
+                    label=f"s = {cell.key['sparsity']:.3g}",
                 )
                 ax.fill_between(
                     layers,
@@ -904,8 +907,13 @@ def fig_survival(results: Results, out: Path) -> list[Path] | None:
     for ax in axes[-1]:
         ax.set_xlabel("layer l")
     if axes[0, -1].get_legend_handles_labels()[0]:
-        axes[0, -1].legend(fontsize="x-small", loc="upper right")
-    _suptitle(fig, results, "Kaplan-Meier survival of unclipped networks (95% log-log bands)")
+        axes[0, -1].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    drawn = (
+        f"; {len(sparsities)} of {len(every)} sparsities" if len(sparsities) < len(every) else ""
+    )
+    _suptitle(
+        fig, results, f"Kaplan-Meier survival of unclipped networks (95% log-log bands{drawn})"
+    )
     fig.tight_layout()
     return _save(fig, out, "survival")
 
