@@ -40,6 +40,27 @@ def probability(text: str) -> float:
     return value
 
 
+def add_n_jobs(parser: Parser) -> None:
+    """The ``--n-jobs`` option of the commands that read a store cell by cell."""
+
+    def jobs(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1 and value != -1:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number >= 1, or -1")
+        return value
+
+    parser.add_argument(
+        "--n-jobs",
+        type=jobs,
+        default=-1,
+        help="processes reading the cells (-1, the default: one per core; a store of fewer than "
+        "256 finished cells is read in one)",
+    )
+
+
 def _first_existing(path: Path) -> Path:
     return next(p for p in (path, *path.parents) if p.exists())
 

@@ -1,5 +1,5 @@
-"""``python -m analysis.figures RESULTS [--out DIR] [--init INIT_STORE]``: the figures of a results
-store, PNG and PDF.
+"""``python -m analysis.figures RESULTS [--out DIR] [--init INIT_STORE] [--n-jobs N]``: the figures
+of a results store, PNG and PDF (``--n-jobs``: processes for the tables read cell by cell).
 
 Default output: a ``figures/`` folder next to the store. Figures (those that need what the store
 lacks are skipped); on an Edge-of-Chaos store every panel row is one (family, q*) facet, so a sweep
@@ -63,7 +63,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 from simulate import gp
 from simulate.activations import Activation
 
-from ._cli import Parser, run_cli, writable_dir
+from ._cli import Parser, add_n_jobs, run_cli, writable_dir
 from ._store import Cell, Results
 from .instability import ESCAPES, escape_times, theory_window
 from .phase import sigma_theory
@@ -1436,10 +1436,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--init", help="training store only: the Monte Carlo store of the same activations"
     )
+    add_n_jobs(parser)
     args = parser.parse_args(argv)
     out = writable_dir(args.out or default_out(args.results))
     results, tables = open_stores(args.results, args.init)
-    written = make_figures(results, out, tables)
+    written = make_figures(
+        results, out, tables if tables is not None else Tables(results, n_jobs=args.n_jobs)
+    )
     for path in written:
         print(path)
     return 0

@@ -52,6 +52,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -59,6 +61,7 @@ import xarray as xr
 from scipy import stats
 
 from ._cli import Parser, probability, run_cli
+from ._parallel import start_cells
 from ._store import Cell, Results, open_results
 from ._table import markdown_table
 from ._tails import chi2_score, t_score
@@ -150,7 +153,8 @@ def sidak_threshold(alpha: float, k: int) -> float:
 
 def _per_input(x: xr.DataArray, inner: str = "input") -> np.ndarray:
     """(net, layer, ``inner``) array; a variable without ``inner`` gets a length-1 axis."""
-    values = x.transpose("net", "layer", *([inner] if inner in x.dims else [])).values
+    order = ("net", "layer", *([inner] if inner in x.dims else []))
+    values = np.transpose(x.values, [x.dims.index(d) for d in order])  # no DataArray to build
     return values.astype(float).reshape(*values.shape[:2], -1)
 
 
@@ -250,33 +254,45 @@ def _verdict(arrays: dict[str, np.ndarray], layers: np.ndarray, alpha: float) ->
     return row
 
 
-def fit_table(results: Results, alpha: float = ALPHA) -> pd.DataFrame:
+FIT_VARIABLES = ("variance", "correlation", "log_gain", "zero_frac", "escape_layer")
+"""What :func:`fit_table` reads of a cell."""
+
+
+def fit_row(cell: Cell, depth: int, pair_c0, alpha: float) -> dict:
+    """The row of :func:`fit_table` of one cell."""
+    arrays = {k: v for k, (_, v) in _compare(cell, depth, pair_c0).items()}
+    escaped = int((cell.data["escape_layer"].values >= 0).sum())
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all NaN: nanmax is NaN
+        eps = np.nanmax(np.abs(arrays["g1"] / arrays["q_gp"])) / cell.width
+    return {
+        **cell.key,
+        "n_nets": int(cell.data.sizes["net"]),
+        "n_escaped": escaped,
+        "eps_1n": float(eps),
+        **_verdict(arrays, cell.layers, alpha),
+    }
+
+
+def fit_table(results: Results, alpha: float = ALPHA, n_jobs: int = 1) -> pd.DataFrame:
     """The tidy verdict table: one row per finished cell (parameters, width, network counts, the
     verdict columns of :func:`verdict`) and ``eps_1n``, the size of the first-order correction,
     max_l |G1^l| / (N q^l). Near the upper edge of the clip window (V'(q*) -> 1) the correction
     is amplified by 1 / (1 - V'(q*)) and the neglected O(1/N^2) terms with it, so the verdict is
     only expected to pass where eps_1n is small (``EPS_SMALL``). Empty for a summary store (no
-    per-layer records to test)."""
+    per-layer records to test). ``n_jobs``: processes (``analysis._parallel.start_cells``)."""
+    return start_fit_table(results, alpha, n_jobs)()
+
+
+def start_fit_table(
+    results: Results, alpha: float = ALPHA, n_jobs: int = 1
+) -> Callable[[], pd.DataFrame]:
+    """:func:`fit_table`, started (``analysis._parallel.start_cells``): call the result for it."""
     if not results.per_layer:
-        return pd.DataFrame()
-    rows = []
-    read = ("variance", "correlation", "log_gain", "zero_frac", "escape_layer")
-    for cell in results.cells(read):
-        arrays = {k: v for k, (_, v) in _compare(cell, results.depth, results.pair_c0).items()}
-        escaped = int((cell.data["escape_layer"].values >= 0).sum())
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all NaN: nanmax is NaN
-            eps = np.nanmax(np.abs(arrays["g1"] / arrays["q_gp"])) / cell.width
-        rows.append(
-            {
-                **cell.key,
-                "n_nets": int(cell.data.sizes["net"]),
-                "n_escaped": escaped,
-                "eps_1n": float(eps),
-                **_verdict(arrays, cell.layers, alpha),
-            }
-        )
-    return pd.DataFrame(rows)
+        return pd.DataFrame
+    row = partial(fit_row, depth=results.depth, pair_c0=results.pair_c0, alpha=alpha)
+    rows = start_cells(results, row, FIT_VARIABLES, n_jobs)
+    return lambda: pd.DataFrame(rows())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,8 @@ against the GP's fixed point and its sparsity.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from collections.abc import Callable
+from functools import lru_cache, partial
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,7 @@ from simulate import gp
 from simulate.activations import FAMILIES, Activation
 
 from ._cli import Parser, run_cli
+from ._parallel import start_cells
 from ._store import FINAL, Cell, Results, open_results
 from ._table import markdown_table
 from .survival import kaplan_meier, median_survival
@@ -74,9 +76,12 @@ ESCAPES = ("escape_layer",)
 
 def fate_variables(results: Results) -> tuple[str, ...]:
     """What :func:`network_fates` reads of a cell: the escape layers, and the final variance and
-    zero fraction (the per-network summaries, or the trajectories when the store has none)."""
+    zero fraction: their per-network summaries, or the trajectories in a store without them."""
     obs = results.observable
-    return ("escape_layer", "variance", "zero_frac", FINAL[obs], FINAL["zero_frac"])
+    return (
+        "escape_layer",
+        *(FINAL[x] if FINAL[x] in results.ds else x for x in (obs, "zero_frac")),
+    )
 
 
 # -- escape statistics --------------------------------------------------------------------------
@@ -96,24 +101,89 @@ def escaped_fraction(cell: Cell, depth: int) -> np.ndarray:
     return np.array([(hit <= l).sum() for l in range(depth + 1)]) / layer.size
 
 
-def escape_table(results: Results) -> pd.DataFrame:
+ESCAPE_COLUMNS = ("n_nets", "frac_escaped", "median_escape", "median_lo", "median_hi")
+STABILITY_COLUMNS = ("frac_stay", "final_zero_frac", "target_sparsity", "in_window_mc")
+JUMP_COLUMNS = (
+    "gp_upper_q",
+    "gp_upper_sparsity",
+    *(f"n_{f.replace(' ', '_')}" for f in FATES),
+    "upper_mean_q",
+    "upper_mean_zero_frac",
+)
+"""The columns of :func:`escape_table`, :func:`stability_table` and :func:`jump_table` (after the
+cell's coordinates), all from one :func:`network_table`."""
+
+
+def network_row(cell: Cell, depth: int, fates: bool) -> dict:
+    """One cell's row of :func:`network_table`: its escape statistics and, with ``fates``, what
+    its networks' fates give the stability and jump tables (``gp_upper_q``: the GP's lowest stable
+    fixed point above q* of a clipped activation, NaN when it has none)."""
+    times, observed = escape_times(cell, depth)
+    median, lo, hi = median_survival(kaplan_meier(times, observed))
+    row = {
+        **cell.key,
+        "n_nets": times.size,
+        "frac_escaped": observed.mean(),
+        "median_escape": median,
+        "median_lo": lo,
+        "median_hi": hi,
+    }
+    if not fates:
+        return row
+    table = network_fates(cell)
+    stay = float((table["fate"] == "q*").mean())
+    zero = float(table["final_zero_frac"].mean())
+    counts = table["fate"].value_counts()
+    jumped = table[table["fate"] == "upper"]
+    points = stable_fixed_points(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q_ref)
+    upper = [q for q in points if q > cell.q_ref] if cell.act.clipped else []
+    return row | {
+        "frac_stay": stay,
+        "final_zero_frac": zero,
+        "target_sparsity": cell.target_sparsity,
+        "in_window_mc": bool(
+            stay >= STAY_LEVEL and abs(zero - cell.target_sparsity) <= SPARSITY_TOL
+        ),
+        "gp_upper_q": upper[0] if upper else math.nan,
+        **{f"n_{f.replace(' ', '_')}": int(counts.get(f, 0)) for f in FATES},
+        "upper_mean_q": float(jumped["final_q"].mean()) if len(jumped) else math.nan,
+        "upper_mean_zero_frac": (
+            float(jumped["final_zero_frac"].mean()) if len(jumped) else math.nan
+        ),
+    }
+
+
+def network_table(results: Results, fates: bool, n_jobs: int = 1) -> pd.DataFrame:
+    """One row per finished cell (:func:`network_row`) from one read of its per-network data:
+    what :func:`escape_table` and, with ``fates`` (Edge-of-Chaos stores), :func:`stability_table`
+    and :func:`jump_table` show. ``n_jobs``: processes (``analysis._parallel.start_cells``)."""
+    return start_network_table(results, fates, n_jobs)()
+
+
+def start_network_table(
+    results: Results, fates: bool, n_jobs: int = 1
+) -> Callable[[], pd.DataFrame]:
+    """:func:`network_table`, started (``analysis._parallel.start_cells``): call the result for
+    it."""
+    read = fate_variables(results) if fates else ESCAPES
+    row = partial(network_row, depth=results.depth, fates=fates)
+    rows = start_cells(results, row, read, n_jobs)
+    return lambda: pd.DataFrame(rows())
+
+
+def _columns(results: Results, networks: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """The cell coordinates and ``columns`` of ``networks`` (empty when no cell is finished)."""
+    if networks.empty:
+        return pd.DataFrame()
+    return networks[[*results.param_dims, "width", *columns]]
+
+
+def escape_table(results: Results, networks: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per finished cell: networks, escaped fraction by depth, median escape depth and its
-    95% Kaplan-Meier interval (inf: not reached within the sweep's depth)."""
-    rows = []
-    for cell in results.cells(ESCAPES):
-        times, observed = escape_times(cell, results.depth)
-        median, lo, hi = median_survival(kaplan_meier(times, observed))
-        rows.append(
-            {
-                **cell.key,
-                "n_nets": times.size,
-                "frac_escaped": observed.mean(),
-                "median_escape": median,
-                "median_lo": lo,
-                "median_hi": hi,
-            }
-        )
-    return pd.DataFrame(rows)
+    95% Kaplan-Meier interval (inf: not reached within the sweep's depth). ``networks``: the
+    store's :func:`network_table`, when already computed."""
+    networks = network_table(results, fates=False) if networks is None else networks
+    return _columns(results, networks, ESCAPE_COLUMNS)
 
 
 # -- the width law ------------------------------------------------------------------------------
@@ -269,29 +339,15 @@ def network_fates(cell: Cell) -> pd.DataFrame:
     )
 
 
-def stability_table(results: Results) -> pd.DataFrame:
+def stability_table(results: Results, networks: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per finished cell: fraction of networks staying at q*, mean final zero fraction of
     the networks that did not escape, and whether the cell is in the Monte Carlo window.
-    Edge-of-Chaos stores only (off it there is no q*): empty otherwise."""
+    Edge-of-Chaos stores only (off it there is no q*): empty otherwise. ``networks``: the store's
+    :func:`network_table` with fates, when already computed."""
     if not results.eoc:
         return pd.DataFrame()
-    rows = []
-    for cell in results.cells(fate_variables(results)):
-        fates = network_fates(cell)
-        stay = float((fates["fate"] == "q*").mean())
-        zero = float(fates["final_zero_frac"].mean())
-        rows.append(
-            {
-                **cell.key,
-                "frac_stay": stay,
-                "final_zero_frac": zero,
-                "target_sparsity": cell.target_sparsity,
-                "in_window_mc": bool(
-                    stay >= STAY_LEVEL and abs(zero - cell.target_sparsity) <= SPARSITY_TOL
-                ),
-            }
-        )
-    return pd.DataFrame(rows)
+    networks = network_table(results, fates=True) if networks is None else networks
+    return _columns(results, networks, STABILITY_COLUMNS)
 
 
 @lru_cache(maxsize=256)
@@ -351,37 +407,23 @@ def clip_window(results: Results, stability: pd.DataFrame | None = None) -> pd.D
     return pd.DataFrame(rows)
 
 
-def jump_table(results: Results) -> pd.DataFrame:
+def jump_table(results: Results, networks: pd.DataFrame | None = None) -> pd.DataFrame:
     """Clipped cells whose GP map has a stable fixed point above q*: networks per fate, and the
-    upper cluster's mean final variance and zero fraction against the GP fixed point.
-    Edge-of-Chaos stores only: empty otherwise."""
+    upper cluster's mean final variance and zero fraction against the GP fixed point and its
+    sparsity. Edge-of-Chaos stores only: empty otherwise. ``networks``: the store's
+    :func:`network_table` with fates, when already computed."""
     if not results.eoc:
         return pd.DataFrame()
-    rows = []
-    for cell in results.cells(fate_variables(results)):
-        act = cell.act
-        if not act.clipped:
-            continue
-        points = stable_fixed_points(act, cell.sigma_w2, cell.sigma_b2, cell.q_ref)
-        upper = [q for q in points if q > cell.q_ref]
-        if not upper:
-            continue
-        fates = network_fates(cell)
-        jumped = fates[fates["fate"] == "upper"]
-        counts = fates["fate"].value_counts()
-        rows.append(
-            {
-                **cell.key,
-                "gp_upper_q": upper[0],
-                "gp_upper_sparsity": float(gp.sparsity(act, upper[0])),
-                **{f"n_{f.replace(' ', '_')}": int(counts.get(f, 0)) for f in FATES},
-                "upper_mean_q": float(jumped["final_q"].mean()) if len(jumped) else math.nan,
-                "upper_mean_zero_frac": (
-                    float(jumped["final_zero_frac"].mean()) if len(jumped) else math.nan
-                ),
-            }
-        )
-    return pd.DataFrame(rows)
+    networks = network_table(results, fates=True) if networks is None else networks
+    if networks.empty:
+        return pd.DataFrame()
+    jumps = networks[np.isfinite(networks["gp_upper_q"])].reset_index(drop=True)
+    keys = jumps[[*results.param_dims, "width"]].to_dict("records")
+    jumps["gp_upper_sparsity"] = [
+        float(gp.sparsity(results.activation(key), q))
+        for key, q in zip(keys, jumps["gp_upper_q"], strict=True)
+    ]
+    return _columns(results, jumps, JUMP_COLUMNS)
 
 
 TABLES = {

@@ -1,5 +1,5 @@
-"""``python -m analysis.report RESULTS [--out FILE.md] [--init INIT_STORE]``: a markdown report of
-a results store.
+"""``python -m analysis.report RESULTS [--out FILE.md] [--init INIT_STORE] [--n-jobs N]``: a
+markdown report of a results store.
 
 Default output: ``report.md`` next to the store, with the figures (drawn by
 :mod:`analysis.figures`) in a ``figures/`` folder beside it, embedded by relative path. The report
@@ -11,7 +11,10 @@ are done, which are missing and the commands that finish the sweep. The report o
 summary``) says, one line per item, what it cannot compute without per-layer records (the fit
 verdicts, the figures through depth), and gives the rest from the per-network summaries. The
 outputs are checked before any work, and every table is computed once
-(:class:`analysis.tables.Tables`), reading the store one cell at a time.
+(:class:`analysis.tables.Tables`), reading the store a block of cells at a time. The tables read
+cell by cell start first, in ``--n-jobs`` worker processes on a large store
+(:mod:`analysis._parallel`), and the theory's tables are computed meanwhile; every table is done
+before the first figure is drawn.
 
 A training store (``python -m simulate.grid --experiment train``) gets a report with a "Training"
 section instead: the dataset, its subset sizes, epochs, learning rates, optimizer and schedule
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._cli import Parser, run_cli, writable_dir, writable_file
+from ._cli import Parser, add_n_jobs, run_cli, writable_dir, writable_file
 from ._store import Results
 from ._table import markdown_table
 from .figures import make_figures
@@ -333,9 +336,11 @@ def _partial_note(results: Results | TrainingResults, store: str) -> list[str]:
 def build_report(results: Results, store: str, out: Path, tables: Tables | None = None) -> str:
     """The markdown text; draws the figures into ``figures/`` next to ``out``. Every table is
     computed once (``tables``), before any figure is drawn."""
-    prepare(results)  # the theory of every parameter cell at once, before any table needs it
     tables = Tables(results) if tables is None else tables
+    tables.start()  # workers (if any) read the cells while this process computes the theory:
+    prepare(results)  # of every parameter cell at once, before any table needs it,
     eoc_sparsity = results.eoc and "sparsity" in results.ds.dims
+    phase_theory = tables.phase_theory if eoc_sparsity else None  # fixed points, clip windows
     points, fits = tables.width_law
     sections = [
         *([_section("fit", tables.fit, store)] if results.per_layer else []),
@@ -347,7 +352,7 @@ def build_report(results: Results, store: str, out: Path, tables: Tables | None 
             _section("width-points", points, store),
             _section("window", tables.window, store),
             _section("jumps", tables.jumps, store),
-            _section("phase-theory", tables.phase_theory, store),
+            _section("phase-theory", phase_theory, store),
             _section("phase-mc", tables.phase_mc, store),
         ]
     if not results.eoc:
@@ -632,12 +637,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--init", help="training store only: the Monte Carlo store of the same activations"
     )
+    add_n_jobs(parser)
     args = parser.parse_args(argv)
     out = writable_file(args.out or default_out(args.results))
     writable_dir(out.parent / "figures")
     results, tables = open_stores(args.results, args.init)
     if tables is None:
-        text = build_report(results, args.results, out)
+        text = build_report(results, args.results, out, Tables(results, n_jobs=args.n_jobs))
     else:
         text = build_training_report(results, args.results, out, tables)
     out.write_text(text)

@@ -3,13 +3,21 @@ figures (the width law, the stability table and the escape table feed several of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 
 import pandas as pd
 
 from ._store import Results
-from .fit import ALPHA, fit_table
-from .instability import clip_window, escape_table, jump_table, stability_table, width_law
+from .fit import ALPHA, start_fit_table
+from .instability import (
+    clip_window,
+    escape_table,
+    jump_table,
+    stability_table,
+    start_network_table,
+    width_law,
+)
 from .phase import mc_phase, sigma_mc, theory_phase_of
 from .width_law import local_exponents, mean_escape, width_law_table
 
@@ -17,17 +25,37 @@ from .width_law import local_exponents, mean_escape, width_law_table
 class Tables:
     """The tables of ``results`` as lazily computed attributes (see each function's docstring)."""
 
-    def __init__(self, results: Results, alpha: float = ALPHA):
+    def __init__(self, results: Results, alpha: float = ALPHA, n_jobs: int = 1):
         self.results = results
         self.alpha = alpha
+        self.n_jobs = n_jobs
+        """Processes for the tables read cell by cell (``analysis._parallel.start_cells``)."""
+        self._started: dict[str, Callable[[], pd.DataFrame]] = {}
+
+    def start(self) -> None:
+        """Start the tables read cell by cell (fit, networks): with workers (``n_jobs``), they
+        compute while the caller goes on."""
+        self._started = {"fit": self._start_fit(), "networks": self._start_networks()}
+
+    def _start_fit(self) -> Callable[[], pd.DataFrame]:
+        return start_fit_table(self.results, self.alpha, self.n_jobs)
+
+    def _start_networks(self) -> Callable[[], pd.DataFrame]:
+        return start_network_table(self.results, fates=self.results.eoc, n_jobs=self.n_jobs)
 
     @cached_property
     def fit(self) -> pd.DataFrame:
-        return fit_table(self.results, self.alpha)
+        return (self._started.pop("fit", None) or self._start_fit())()
+
+    @cached_property
+    def networks(self) -> pd.DataFrame:
+        """Escapes and, on the Edge of Chaos, network fates: what the escape, stability and jump
+        tables show, from one read of the per-network data."""
+        return (self._started.pop("networks", None) or self._start_networks())()
 
     @cached_property
     def escape(self) -> pd.DataFrame:
-        return escape_table(self.results)
+        return escape_table(self.results, self.networks)
 
     @cached_property
     def width_law(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -47,7 +75,7 @@ class Tables:
 
     @cached_property
     def stability(self) -> pd.DataFrame:
-        return stability_table(self.results)
+        return stability_table(self.results, self.networks)
 
     @cached_property
     def window(self) -> pd.DataFrame:
@@ -55,7 +83,7 @@ class Tables:
 
     @cached_property
     def jumps(self) -> pd.DataFrame:
-        return jump_table(self.results)
+        return jump_table(self.results, self.networks)
 
     @cached_property
     def phase_theory(self) -> pd.DataFrame:

@@ -173,19 +173,22 @@ def _prepare_batch(table: _Table, members: list, c0s: np.ndarray, depth: int) ->
                 table.correlations[(*members[i][1], float(c0))] = (corr[:, row], column)
 
 
-def prepare(results: Results) -> None:
-    """Compute the theory of every parameter cell of ``results`` with a finished cell at once, and
-    keep it for :func:`layer_theory`, :func:`correlation_iterate` (hence :func:`cell_theory`) to
-    serve (replacing what an earlier call kept). Cells are grouped by piece structure (as
+def prepare(results: Results, blocks: list[dict] | None = None) -> None:
+    """Compute the theory of every parameter cell of ``results`` with a finished cell (in one of
+    ``blocks``, coordinate values as :meth:`Results.blocks` gives them; None: anywhere) at once,
+    and keep it for :func:`layer_theory`, :func:`correlation_iterate` (hence :func:`cell_theory`)
+    to serve (replacing what an earlier call kept). Cells are grouped by piece structure (as
     ``simulate.schema.param_values`` does) and each group, in batches of :data:`PREPARE_BATCH`, is
     one stacked activation: the variance iterate, 1/N recursions, sparsity derivatives and chi_1
-    in one batched call, and the
-    correlation iterate (for every finite initial correlation of the store's pairs and ``c0``, on
-    the Edge of Chaos with q0 = q*) with one batched ``gp.correlation_gap_map`` call per layer."""
+    in one batched call, and the correlation iterate (for every finite initial correlation of the
+    store's pairs and ``c0``, on the Edge of Chaos with q0 = q*) with one batched
+    ``gp.correlation_gap_map`` call per layer."""
     table = _Table()
     depth = results.depth
     dims = results.param_dims
     finished = results.done.any("width").transpose(*dims)
+    if blocks is not None:
+        finished = finished & _within(finished, blocks)
 
     def per_cell(name):  # a parameter variable (or axis) over the grid, positions as ``finished``
         return results.ds[name].broadcast_like(finished).transpose(*dims).values
@@ -214,6 +217,18 @@ def prepare(results: Results) -> None:
             _prepare_batch(table, members[start : start + PREPARE_BATCH], c0s, depth)
     global _prepared
     _prepared = table
+
+
+def _within(grid: xr.DataArray, blocks: list[dict]) -> xr.DataArray:
+    """True on the points of ``grid`` that match every coordinate value of some block."""
+    inside = xr.zeros_like(grid, dtype=bool)
+    for block in blocks:
+        match = xr.ones_like(grid, dtype=bool)
+        for dim, value in block.items():
+            if dim in grid.dims:
+                match = match & (grid[dim] == value)
+        inside = inside | match
+    return inside
 
 
 # -- per-cell predictions -----------------------------------------------------------------------

@@ -16,6 +16,10 @@ iterate, zero fraction = the GP sparsity + 0.01 z, correlations rising from c0 =
 log-gains N(0, 1/N); unclipped networks escape upwards at a uniform layer in [10, depth + 50)
 (never when beyond depth); the per-network summaries are those of the planted trajectories.
 
+The report runs with ``--n-jobs 1``: ``/usr/bin/time`` reports the largest resident set of one
+process, and with workers each process (the main one and every worker) reads and keeps at most
+one block of cells at a time, so the single process that does all the work bounds each of them.
+
 Prints, per scale, the cells, the store's size on disk, the report's wall time and peak RSS; the
 last line is machine-readable: ``peak_rss_mb_<s>=X ... ratio_<largest>_over_<smallest>=R``.
 """
@@ -131,7 +135,16 @@ def peak_report(path: Path) -> tuple[float, float]:
     """(peak RSS in MB, wall time in s) of the report of ``path``."""
     start = time.perf_counter()
     done = subprocess.run(
-        ["/usr/bin/time", "-v", sys.executable, "-m", "analysis.report", str(path)],
+        [
+            "/usr/bin/time",
+            "-v",
+            sys.executable,
+            "-m",
+            "analysis.report",
+            str(path),
+            "--n-jobs",
+            "1",
+        ],
         capture_output=True,
         text=True,
     )

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import xarray as xr
 import zarr
@@ -205,6 +206,36 @@ def rebuild(path: Path, skeleton: xr.Dataset, spec: Spec | TrainSpec) -> None:
     shutil.rmtree(replaced)
 
 
+def checksum_intact(chunk: Path) -> bool:
+    """The chunk file's last 4 bytes are the CRC-32C of the bytes before them (what zarr's
+    ``crc32c`` codec appends and checks on decode), so its compressed bytes are as written."""
+    data = chunk.read_bytes()
+    return len(data) >= 4 and google_crc32c.value(data[:-4]).to_bytes(4, "little") == data[-4:]
+
+
+def checksummed(array: zarr.Array) -> bool:
+    """True when the array's last codec is the CRC-32C checksum (every array this module writes;
+    an array written by other means may have none, and is checked by decoding)."""
+    return isinstance(array.metadata.codecs[-1], Crc32cCodec)
+
+
+def damaged_chunk(path: Path, name: str) -> Path | None:
+    """The first chunk file of array ``name`` of the zarr store at ``path`` that fails its
+    checksum (:func:`checksum_intact`), else None. Reading the files directly is about 30 times
+    faster than decoding them through zarr (0.13 s against 4.9 s for the 3,360 chunks of one
+    variable of the moonshot store), and finds the same damage: a chunk whose compressed bytes
+    match their checksum decodes. ValueError when the array has no checksum (:func:`checksummed`)."""
+    with _quiet():
+        array = zarr.open_array(path / name, mode="r")
+    if not checksummed(array):
+        raise ValueError(f"{path / name}: no CRC-32C codec, decode its chunks to check them")
+    for entry in _chunk_entries(path / name):
+        for chunk in [entry] if entry.is_file() else sorted(entry.rglob("*")):
+            if chunk.is_file() and not checksum_intact(chunk):
+                return chunk
+    return None
+
+
 def _chunk_entries(array: Path) -> list[Path]:
     """The chunk files of an array directory (or its ``c`` directory of nested keys)."""
     if not array.is_dir():
@@ -291,14 +322,17 @@ class Writer:
         return Inspection(done, cells, unreadable, tuple(sorted(arrays)))
 
     def _intact(self, name: str, index: tuple[int, ...]) -> bool:
-        """The chunk of cell ``index`` of the cell variable ``name`` exists and decodes (an empty
-        variable, corr with one input, has no chunks)."""
+        """The chunk of cell ``index`` of the cell variable ``name`` exists and decodes, or passes
+        its checksum when it has one (an empty variable, corr with one input, has no chunks)."""
         array = self._arrays[name]
         if array.size == 0:
             return True
         key = array.metadata.encode_chunk_key((*index, *(0,) * (array.ndim - len(index))))
-        if not (self.path / name / key).is_file():
+        chunk = self.path / name / key
+        if not chunk.is_file():
             return False
+        if checksummed(array):
+            return checksum_intact(chunk)
         try:
             array[tuple(int(i) for i in index)]
         except Exception:  # any decoding error

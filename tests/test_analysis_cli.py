@@ -119,8 +119,8 @@ OPTIONS = {
     "fit": {"--alpha": ["0.01", "0.5"]},
     "instability": {"--table": sorted(instability.TABLES)},
     "phase": {"--source": ["theory", "mc"]},
-    "figures": {"--out": ["OUT"]},
-    "report": {"--out": ["OUT/report.md"]},
+    "figures": {"--out": ["OUT"], "--n-jobs": ["1", "2", "-1"]},
+    "report": {"--out": ["OUT/report.md"], "--n-jobs": ["1", "2", "-1"]},
 }
 """Each command's options with valid values (OUT: a folder in the run's working directory)."""
 

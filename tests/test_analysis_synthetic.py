@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import xarray as xr
@@ -18,6 +19,7 @@ import xarray as xr
 from analysis._store import OBSERVED, Cell, Results
 from analysis.theory import cell_theory
 from simulate import gp, schema
+from simulate.engines.run import summaries
 
 PARAM_DIMS = ("family", "sparsity", "clip", "q_star")
 
@@ -52,6 +54,19 @@ def theory_sample(
 Perturb = Callable[[Cell, dict, np.random.Generator], None]
 
 
+def _outputs(values: dict, nets: int, depth: int) -> SimpleNamespace:
+    """The planted values as the engines' outputs (what they do not hold is NaN), for
+    ``summaries``."""
+    missing = np.full((nets, depth + 1, 2), np.nan)
+    fields = ("q", "v", "zero_frac", "log_gain", "v_log_gain", "escape_layer")
+    return SimpleNamespace(
+        **{
+            name: values.get(name, missing[..., 0] if "gain" in name else missing)
+            for name in fields
+        }
+    )
+
+
 def make_store(
     families=("crelu",),
     sparsities=(0.8,),
@@ -69,7 +84,8 @@ def make_store(
     theory and activation descriptions, attributes) whose every cell marked in ``done`` is drawn by
     :func:`theory_sample`, then ``perturb``-ed in place (``perturb(cell, values, rng)`` may edit
     values and set ``values["escape_layer"]``); the other cells keep the schema's fill values.
-    After an escape the trajectory is NaN, as in the real stores. ``observable="v"``: the cells hold
+    After an escape the trajectory is NaN, as in the real stores, and the per-network summaries
+    (final and mean values) are the sweep's own (``simulate.engines.run.summaries``). ``observable="v"``: the cells hold
     v, v_corr and v_log_gain, with q, corr and log_gain NaN (a sparse-engine store)."""
     ds = schema.synthetic_store(
         family=list(families),
@@ -94,6 +110,7 @@ def make_store(
             if layer >= 0:
                 for name in ("zero_frac", *OBSERVED[observable]):
                     values[name][net, layer + 1 :] = np.nan
+        values |= summaries(_outputs(values, nets, depth))
         for name, value in values.items():
             target = ds[name].loc[cell.key]
             ds[name].loc[cell.key] = np.reshape(value, target.shape)  # corr: one pair

@@ -15,6 +15,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from analysis._store import StoreError, open_results
 from simulate import grid, store
 
 GRID = [
@@ -85,6 +86,22 @@ def test_a_changed_chunk_fails_to_read(copy):
     with pytest.raises(Exception, match=r"(?i)checksum|crc"):
         q[0, 0, 1, 0, 1]
     assert np.isfinite(q[0, 0, 1, 0, 0][:, 0]).all()
+
+
+def test_the_analysis_finds_a_changed_chunk_by_its_checksum(untouched, copy):
+    """The checksum scan (no decoding) finds exactly the flipped chunk that zarr fails to decode,
+    in the flat and in the nested chunk layout, and the analysis refuses the store in one line."""
+    assert all(store.damaged_chunk(untouched, name) is None for name in ("v", "escape_layer"))
+    flipped = chunk(copy, "v", (1, 0, 1, 0, 1, 0, 0, 0))
+    flip_byte(flipped)
+    with pytest.raises(Exception, match=r"(?i)checksum|crc"):
+        zarr.open_array(copy / "v", mode="r")[1, 0, 1, 0, 1]
+    assert store.damaged_chunk(copy, "v") == flipped
+    with pytest.raises(StoreError, match=r"variable v is damaged.*fails its CRC-32C") as err:
+        open_results(copy)
+    assert "\n" not in str(err.value)
+    nest_chunk_keys(copy)
+    assert store.damaged_chunk(copy, "v") == chunk(copy, "v", (1, 0, 1, 0, 1, 0, 0, 0))
 
 
 @pytest.mark.parametrize(
