@@ -58,7 +58,7 @@ import xarray as xr
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import LogFormatter, MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator, NullFormatter
 
 from simulate import gp
 from simulate.activations import Activation
@@ -830,6 +830,9 @@ def fig_width_law(results: Results, out: Path, law) -> list[Path] | None:
     ax_beta.axhline(1 / 3, color="black", lw=1.2, label="asymptotic 1/3")
     ax_beta.plot([], [], color="grey", lw=1.2, ls="--", label="diffusion theory (finite N)")
     ax_beta.set_xscale("log")
+    mids = np.unique(local["width_mid"].round())  # ticks at the midpoints (log-axis minor labels
+    ax_beta.set_xticks(mids, [f"{m:.0f}" for m in mids])  # overlap within a decade)
+    ax_beta.xaxis.set_minor_formatter(NullFormatter())
     ax_beta.set_xlabel("width N (geometric mean of the two widths)")
     ax_beta.set_ylabel("local exponent d ln T / d ln N")
     ax_beta.set_title("Local exponent of the mean escape depth", fontsize="medium")
