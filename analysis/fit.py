@@ -60,7 +60,7 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from ._cli import Parser, probability, run_cli
+from ._cli import Parser, add_n_jobs, probability, run_cli
 from ._parallel import start_cells
 from ._store import Cell, Results, open_results
 from ._table import markdown_table
@@ -303,10 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--alpha", type=probability, default=ALPHA, help="family-wise level per cell, in (0, 1)"
     )
+    add_n_jobs(parser)
     args = parser.parse_args(argv)
-    print(markdown_table(fit_table(open_results(args.results), args.alpha)))
+    print(markdown_table(fit_table(open_results(args.results), args.alpha, args.n_jobs)))
     return 0
 
 
-if __name__ == "__main__":
-    run_cli(main)
+if __name__ == "__main__":  # the module's own main, so that workers can pickle its functions
+    from analysis.fit import main as module_main
+
+    run_cli(module_main)

@@ -51,7 +51,7 @@ import pandas as pd
 from simulate import gp
 from simulate.activations import FAMILIES, Activation
 
-from ._cli import Parser, run_cli
+from ._cli import Parser, add_n_jobs, run_cli
 from ._parallel import start_cells
 from ._store import FINAL, Cell, Results, open_results
 from ._table import markdown_table
@@ -426,14 +426,19 @@ def jump_table(results: Results, networks: pd.DataFrame | None = None) -> pd.Dat
     return _columns(results, jumps, JUMP_COLUMNS)
 
 
+def _fates(results: Results, n_jobs: int) -> pd.DataFrame:
+    return network_table(results, fates=results.eoc, n_jobs=n_jobs)
+
+
 TABLES = {
-    "escape": escape_table,
-    "width-law": lambda r: width_law(r)[1],
-    "width-points": lambda r: width_law(r)[0],
-    "window": clip_window,
-    "jumps": jump_table,
-    "stability": stability_table,
+    "escape": lambda r, n_jobs: escape_table(r, network_table(r, fates=False, n_jobs=n_jobs)),
+    "width-law": lambda r, n_jobs: width_law(r)[1],
+    "width-points": lambda r, n_jobs: width_law(r)[0],
+    "window": lambda r, n_jobs: clip_window(r, stability_table(r, _fates(r, n_jobs))),
+    "jumps": lambda r, n_jobs: jump_table(r, _fates(r, n_jobs)),
+    "stability": lambda r, n_jobs: stability_table(r, _fates(r, n_jobs)),
 }
+"""``--table`` -> the table of a store, with ``n_jobs`` processes for the cells' network data."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,10 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("results", help="results store (.zarr directory or .nc file)")
     parser.add_argument("--table", choices=sorted(TABLES), default="escape")
+    add_n_jobs(parser)
     args = parser.parse_args(argv)
-    print(markdown_table(TABLES[args.table](open_results(args.results))))
+    print(markdown_table(TABLES[args.table](open_results(args.results), args.n_jobs)))
     return 0
 
 
-if __name__ == "__main__":
-    run_cli(main)
+if __name__ == "__main__":  # the module's own main, so that workers can pickle its functions
+    from analysis.instability import main as module_main
+
+    run_cli(module_main)

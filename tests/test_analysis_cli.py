@@ -116,8 +116,8 @@ def test_report_refuses_a_directory_as_its_output_file(stores):
 
 
 OPTIONS = {
-    "fit": {"--alpha": ["0.01", "0.5"]},
-    "instability": {"--table": sorted(instability.TABLES)},
+    "fit": {"--alpha": ["0.01", "0.5"], "--n-jobs": ["1", "2", "-1"]},
+    "instability": {"--table": sorted(instability.TABLES), "--n-jobs": ["1", "2", "-1"]},
     "phase": {"--source": ["theory", "mc"]},
     "figures": {"--out": ["OUT"], "--n-jobs": ["1", "2", "-1"]},
     "report": {"--out": ["OUT/report.md"], "--n-jobs": ["1", "2", "-1"]},
