@@ -56,8 +56,8 @@ def add_n_jobs(parser: Parser) -> None:
         "--n-jobs",
         type=jobs,
         default=-1,
-        help="processes reading the cells (-1, the default: one per core; a store of fewer than "
-        "256 finished cells is read in one)",
+        help="processes reading the cells (-1, the default: one per core; at most one per core; "
+        "a store of fewer than 256 finished cells is read in one)",
     )
 
 

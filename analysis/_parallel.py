@@ -1,7 +1,7 @@
 """Per-cell work of a table in worker processes: ``start_cells(results, fn, read, n_jobs)()`` is
 ``[fn(cell) for cell in results.cells(read)]``, in store order, with the blocks of cells that
 :meth:`analysis._store.Results.cells` reads at a time handed to ``n_jobs`` processes (-1: one per
-core), which start at once and compute while the caller goes on.
+core; never more than the cores), which start at once and compute while the caller goes on.
 
 Workers are joblib's (loky): fresh processes, never forks of this one (a fork of a process that
 runs zarr's event-loop thread can deadlock). Each worker opens the store itself, once, without the
@@ -44,7 +44,7 @@ def start_cells(
     returned waits for the rows and returns them. Workers start at once and compute while the
     caller goes on (a report computes its tables of the theory meanwhile); in this process the
     rows are computed when asked for."""
-    workers = joblib.effective_n_jobs(n_jobs)
+    workers = min(joblib.effective_n_jobs(n_jobs), joblib.cpu_count())  # each holds a block
     on_disk = (results.path / "zarr.json").is_file() or results.path.is_file()
     if workers == 1 or not on_disk or results.n_done < PARALLEL_MIN_CELLS:
         return lambda: [fn(cell) for cell in results.cells(read)]
