@@ -3,6 +3,10 @@ read in this process, row for row and bit for bit."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import numpy as np
 import pandas as pd
 import pytest
 from test_analysis_synthetic import make_store, plant_escapes
@@ -53,3 +57,32 @@ def test_a_bad_n_jobs_is_refused_in_one_line(on_disk, value, capsys, tmp_path):
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1 and "--n-jobs" in err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_commands_run_their_tables_in_workers(tmp_path):
+    """``python -m analysis.fit`` and ``analysis.instability`` on a store of 256 cells (the
+    threshold for workers), through a real interpreter: the workers must be able to unpickle the
+    commands' per-cell functions (a ``python -m`` module is ``__main__``); each table equals the
+    one read in one process."""
+    path = tmp_path / "s.zarr"
+    make_store(
+        families=("crelu", "cst"),
+        sparsities=tuple(np.linspace(0.6, 0.9, 8)),
+        clips=(0.5, 0.8, 1.0, 1.5, 2.0, 3.0, 4.0, float("inf")),
+        widths=(50, 100),
+        nets=4,
+        depth=4,
+    ).to_zarr(path)
+    assert _store.open_results(path).n_done == _parallel.PARALLEL_MIN_CELLS
+    for command in (["analysis.fit"], ["analysis.instability", "--table", "stability"]):
+        tables = [
+            subprocess.run(
+                [sys.executable, "-m", *command, str(path), "--n-jobs", jobs],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            for jobs in ("2", "1")
+        ]
+        assert tables[0] == tables[1] and tables[0].count("\n") == 258, command
