@@ -337,10 +337,12 @@ def build_report(results: Results, store: str, out: Path, tables: Tables | None 
     """The markdown text; draws the figures into ``figures/`` next to ``out``. Every table is
     computed once (``tables``), before any figure is drawn."""
     tables = Tables(results) if tables is None else tables
-    tables.start()  # workers (if any) read the cells while this process computes the theory:
-    prepare(results)  # of every parameter cell at once, before any table needs it,
+    # workers (if any) read the cells while this process computes the theory: the per-layer
+    # predictions of every parameter cell at once, then the fixed points and clip windows
+    tables.start()
+    prepare(results)
     eoc_sparsity = results.eoc and "sparsity" in results.ds.dims
-    phase_theory = tables.phase_theory if eoc_sparsity else None  # fixed points, clip windows
+    phase_theory = tables.phase_theory if eoc_sparsity else None
     points, fits = tables.width_law
     sections = [
         *([_section("fit", tables.fit, store)] if results.per_layer else []),
