@@ -349,8 +349,12 @@ class EdgeOfChaos:
     sigma_b2: float | np.ndarray
 
 
-def edge_of_chaos(act: Activation, q_star) -> EdgeOfChaos:
-    """sigma_w^2 = 1 / E[phi'(sqrt(q*) z)^2],  sigma_b^2 = q* - sigma_w^2 E[phi(sqrt(q*) z)^2].
+def edge_of_chaos(act: Activation, q_star, chi_1=1.0) -> EdgeOfChaos:
+    """sigma_w^2 = chi_1 / E[phi'(sqrt(q*) z)^2],  sigma_b^2 = q* - sigma_w^2 E[phi(sqrt(q*) z)^2].
+
+    With the default chi_1 = 1 this is the Edge of Chaos. Another ``chi_1`` > 0 gives the variances
+    with the same fixed point V(q*) = q* (so the same GP sparsity at q*) and chi_1(q*) = ``chi_1``:
+    ordered below 1, chaotic above; sigma_b^2 = q* - chi_1 (q* - sigma_b^2 of the EoC) falls with it.
 
     Raises ValueError when no unit passes gradient at q* (tau too large, or phi flat) or when
     sigma_b^2 < 0, which happens for shapes whose E[phi^2] exceeds q* E[phi'^2] (e.g. a constant offset).
@@ -366,12 +370,15 @@ def edge_of_chaos(act: Activation, q_star) -> EdgeOfChaos:
             f"{act.name}: no unit passes gradient at q*={q_star} (phi' = 0 almost surely), "
             "so chi_1 = 1 cannot be reached"
         )
-    sigma_w2 = 1.0 / passing
+    if not (np.isfinite(chi_1) and chi_1 > 0):
+        raise ValueError(f"chi_1={chi_1!r}: must be finite and > 0")
+    sigma_w2 = chi_1 / passing
     sigma_b2 = q_star - sigma_w2 * activation_moment(act, q_star, 2)
     sigma_b2 = np.where(np.abs(sigma_b2) <= 1e-12 * q_star, 0.0, sigma_b2)
     if np.any(sigma_b2 < 0):
+        where = "the Edge of Chaos" if chi_1 == 1.0 else f"chi_1={chi_1!r}"
         raise ValueError(
-            f"sigma_b2={float(np.min(sigma_b2))!r}: the Edge of Chaos at this q* needs a negative "
+            f"sigma_b2={float(np.min(sigma_b2))!r}: {where} at this q* needs a negative "
             "bias variance, which is impossible"
         )
     if sigma_b2.ndim == 0:

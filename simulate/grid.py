@@ -65,7 +65,7 @@ from simulate.spec import (
     parse,
     resolve,
 )
-from simulate.train import limit_cpu_threads
+from simulate.train import checkpoint, limit_cpu_threads
 from simulate.train.data import FASHION_DIR, Dataset, MissingDataError, load_dataset
 from simulate.train.run import train_network
 
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             skeleton = _skeleton(spec, params, images) if need else None
             if mode == "create":
                 store.create(run.out, skeleton, spec)
+                shutil.rmtree(checkpoint_folder(run.out), ignore_errors=True)  # another sweep's
             elif mode == "rebuild":
                 store.rebuild(run.out, skeleton, spec)
                 found = store.Writer(run.out).inspect(schema.array_names(spec))
@@ -222,19 +223,32 @@ def _execute(
     todo = (cell for cell in cells(spec, params) if not done[cell.index])
     target = min(TASK_COST, _todo_cost(spec, params, done, images) / (4 * n_workers))
     batches = _batches(spec, todo, target, run.max_batch, images)
-    tasks = (joblib.delayed(run_batch)(spec, batch, run.data) for batch in batches)
+    training = spec.experiment == "train"
+    folder = checkpoint_folder(run.out) if training else None
+    tasks = (joblib.delayed(run_batch)(spec, batch, run.data, folder) for batch in batches)
     parallel = joblib.Parallel(n_jobs=run.n_jobs, return_as="generator_unordered", batch_size=1)
-    with (
-        _Progress(n_todo) as progress,
-        warnings.catch_warnings(),
-        closing(parallel(tasks)) as results,
-    ):
+    progress = (
+        _Progress(n_todo, "epoch", spec.epochs, lambda: _epochs_in_flight(folder))
+        if training
+        else _Progress(n_todo)
+    )
+    with progress, warnings.catch_warnings(), closing(parallel(tasks)) as results:
         # on Ctrl-C joblib warns that it cancelled the tasks in flight: that is the point
         warnings.filterwarnings("ignore", "tasks which were still being processed", UserWarning)
         for finished in results:
-            for index, values in finished:
-                writer.write(index, values)
+            for cell, values in finished:
+                writer.write(cell.index, values)
+                if training:
+                    checkpoint_file(folder, cell.flat).unlink(missing_ok=True)
             progress.update(len(finished))
+    if training and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _epochs_in_flight(folder: Path) -> int:
+    """Epochs finished by the runs in flight: the sum of their checkpoints' last epochs."""
+    files = folder.glob("cell-*.npz") if folder.is_dir() else ()
+    return sum(epoch for f in files if (epoch := checkpoint.epoch_of(f)) is not None)
 
 
 def _next_steps(out: Path) -> None:
@@ -246,23 +260,55 @@ def _log(message: str) -> None:
 
 
 class _Progress:
-    """A tqdm bar (cells, rate, ETA) on a terminal; otherwise a log line per tenth of the cells."""
+    """Progress over ``cells`` cells of ``per_cell`` units each: a tqdm bar (units, rate, ETA) on a
+    terminal; otherwise a log line per tenth of the units.
 
-    def __init__(self, total: int):
-        self.total, self.n, self._start = total, 0, time.perf_counter()
-        self._bar = tqdm(total=total, unit="cell", disable=not sys.stderr.isatty(), file=sys.stderr)
+    ``in_flight()``, when given, counts the units finished by the cells still running (a training
+    sweep: the epochs in its checkpoints); it is polled every ``POLL_S`` seconds, so a sweep of few
+    long runs moves epoch by epoch."""
+
+    POLL_S = 5.0
+
+    def __init__(self, cells: int, unit="cell", per_cell=1, in_flight=None):
+        self.cells, self.per_cell, self.unit, self.done = cells, per_cell, unit, 0
+        self.total, self._logged, self._start = cells * per_cell, 0, time.perf_counter()
+        self._in_flight, self._lock, self._stop = in_flight, threading.Lock(), threading.Event()
+        self._bar = tqdm(
+            total=self.total, unit=unit, disable=not sys.stderr.isatty(), file=sys.stderr
+        )
+        self._poller = threading.Thread(target=self._poll, daemon=True) if in_flight else None
 
     def update(self, k: int) -> None:
-        before, self.n = self.n, self.n + k
-        self._bar.update(k)
-        if self._bar.disable and 10 * self.n // self.total > 10 * before // self.total:
-            rate = self.n / (time.perf_counter() - self._start)
-            _log(f"{self.n}/{self.total} cells ({rate:.2f} cells/s)")
+        """``k`` more cells are finished (and written)."""
+        with self._lock:
+            self.done += k
+        self._show(self._in_flight() if self._in_flight else 0)
+
+    def _show(self, extra: int) -> None:
+        with self._lock:
+            n = min(self.done * self.per_cell + extra, self.total)
+            self._bar.n = n
+            self._bar.set_postfix_str(f"{self.done}/{self.cells} cells", refresh=False)
+            self._bar.refresh()
+            if self._bar.disable and 10 * n // max(self.total, 1) > self._logged:
+                self._logged = 10 * n // max(self.total, 1)
+                rate = n / (time.perf_counter() - self._start)
+                _log(
+                    f"{n}/{self.total} {self.unit}s, {self.done}/{self.cells} cells "
+                    f"({rate:.3g} {self.unit}s/s)"
+                )
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.POLL_S):
+            self._show(self._in_flight())
 
     def __enter__(self):
+        if self._poller:
+            self._poller.start()
         return self
 
     def __exit__(self, *exc):
+        self._stop.set()
         self._bar.close()
 
 
@@ -318,12 +364,17 @@ def simulate_cell(
 
 
 def train_cell(
-    spec: TrainSpec, cell: SweepCell, data_dir: Path | None = None
+    spec: TrainSpec,
+    cell: SweepCell,
+    data_dir: Path | None = None,
+    checkpoints: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """One training run (:func:`simulate.train.run.train_network` with the cell's activation, q*,
-    depth, width, learning rate and stream :func:`cell_seed`, and the spec's other settings) as the
-    stored arrays (``schema.TRAIN_CELL_VARIABLES``), the ``layer`` axis padded with NaN to the
-    sweep's largest depth. ``data_dir``: where the Fashion-MNIST files are (default: the system's)."""
+    chi_1, depth, width, learning rate and stream :func:`cell_seed`, and the spec's other settings)
+    as the stored arrays (``schema.TRAIN_CELL_VARIABLES``), the ``layer`` axis padded with NaN to the
+    sweep's largest depth. ``data_dir``: where the Fashion-MNIST files are (default: the system's).
+    ``checkpoints``: the folder of the runs' checkpoints (:func:`checkpoint_file`); the run saves
+    its state there after every epoch and resumes from it."""
     _cap_xla_threads()
     result = train_network(
         cell.activation,
@@ -340,6 +391,8 @@ def train_cell(
         seed=cell_seed(spec, cell),
         output_gain=spec.output_gain,
         probe_size=spec.probe_size,
+        chi_1=cell.chi1,
+        checkpoint=None if checkpoints is None else checkpoint_file(checkpoints, cell.flat),
     )
     out = {}
     for name, var in schema.TRAIN_CELL_VARIABLES.items():
@@ -353,11 +406,27 @@ def train_cell(
 
 
 def run_batch(
-    spec: Spec | TrainSpec, batch: list[SweepCell], data_dir: Path | None = None
-) -> list[tuple[tuple[int, ...], dict]]:
-    """A parallel task: (cell index, stored arrays) of each cell of ``batch``."""
-    run_one = train_cell if spec.experiment == "train" else simulate_cell
-    return [(cell.index, run_one(spec, cell, data_dir)) for cell in batch]
+    spec: Spec | TrainSpec,
+    batch: list[SweepCell],
+    data_dir: Path | None = None,
+    checkpoints: Path | None = None,
+) -> list[tuple[SweepCell, dict]]:
+    """A parallel task: (cell, stored arrays) of each cell of ``batch``."""
+    if spec.experiment == "train":
+        return [(cell, train_cell(spec, cell, data_dir, checkpoints)) for cell in batch]
+    return [(cell, simulate_cell(spec, cell, data_dir)) for cell in batch]
+
+
+def checkpoint_folder(out: Path) -> Path:
+    """Where a training sweep keeps the checkpoints of its runs in flight: beside the store,
+    ``NAME.zarr.checkpoints/``. A run's file is removed once its cell is written, and the folder
+    once the sweep is done; a new store (``--overwrite``) starts with none."""
+    return out.with_name(out.name + ".checkpoints")
+
+
+def checkpoint_file(folder: Path, flat: int) -> Path:
+    """The checkpoint of the cell at flat position ``flat`` (:mod:`simulate.train.checkpoint`)."""
+    return folder / f"cell-{flat}.npz"
 
 
 @functools.lru_cache(maxsize=2)

@@ -64,8 +64,8 @@ C_ab = input_corr (a float; then also ``attrs["c0"]``) or the listed pair correl
 layer-0 conditional variance and correlation are ``v`` and ``v_corr`` at layer 0.
 
 A training sweep (``experiment = "train"``, :class:`~simulate.spec.TrainSpec`) has the parameter
-axes ``family, sparsity | tau, clip, q_star`` (on the Edge of Chaos), then ``width, depth, lr,
-run_seed``: one training run per cell. Inside a cell: ``epoch`` (0 = at initialisation, then after
+axes ``family, sparsity | tau, clip, q_star`` (on the Edge of Chaos) and, when the sweep leaves it
+at the same q*, ``chi1``; then ``width, depth, lr, run_seed``: one training run per cell. Inside a cell: ``epoch`` (0 = at initialisation, then after
 each pass over the training set), ``probe`` ("train", "test": the first ``probe_size`` images of each
 set), ``layer`` (hidden layer 1 to the largest depth of the sweep; NaN beyond a run's own depth):
 
@@ -273,6 +273,7 @@ COORDINATES = {
 
 TRAIN_COORDINATES = {
     **{dim: COORDINATES[dim] for dim in ("family", "sparsity", "tau", "clip", "q_star", "width")},
+    "chi1": "chi_1 at q* (1: the Edge of Chaos; the same q* and sparsity off it)",
     "depth": "number of hidden layers L",
     "lr": "peak learning rate",
     "run_seed": "training seed (the run's stream: simulate.grid.cell_seed)",

@@ -242,6 +242,15 @@ _FIELDS = (
         grid=EXPERIMENTS,
     ),
     _Field(
+        "chi1",
+        _number,
+        lambda c: math.isfinite(c) and c > 0,
+        "finite and > 0",
+        "chi_1 at q*: default 1, the EoC; off it at the same q* and sparsity (sigma_b^2 falls)",
+        grid=TRAIN,
+        experiments=TRAIN,
+    ),
+    _Field(
         "sigma_w2",
         _number,
         lambda v: math.isfinite(v) and v > 0,
@@ -663,9 +672,10 @@ class Spec(_Sweep):
 class TrainSpec(_Sweep):
     """The scientific content of a training sweep (experiment ``train``).
 
-    Parameter axes ``family, sparsity | tau, clip, q_star`` (always on the Edge of Chaos: the
-    initialiser needs (sigma_w^2, sigma_b^2) from ``gp.edge_of_chaos``), then the run axes ``width,
-    depth, lr, run_seed``: one training run per cell. ``depth`` counts the hidden layers. Everything
+    Parameter axes ``family, sparsity | tau, clip, q_star`` and, when given, ``chi1`` (the
+    initialiser's (sigma_w^2, sigma_b^2) are ``gp.edge_of_chaos(act, q*, chi1)``: the Edge of Chaos
+    without it, or off it at the same q* and sparsity), then the run axes ``width, depth, lr,
+    run_seed``: one training run per cell. ``depth`` counts the hidden layers. Everything
     else is one value for the whole sweep; ``train_size`` / ``test_size`` None mean the whole split.
     """
 
@@ -690,6 +700,7 @@ class TrainSpec(_Sweep):
     probe_size: int
     seed: int
     shape: tuple[Shape, ...] | None = None  # the user shapes named in ``family``
+    chi1: tuple[float, ...] | None = None  # None: on the Edge of Chaos (chi_1 = 1, no axis)
 
     experiment: ClassVar[str] = "train"
     run_dims: ClassVar[tuple[str, ...]] = ("width", "depth", "lr", "run_seed")
@@ -701,7 +712,7 @@ class TrainSpec(_Sweep):
     def param_dims(self) -> tuple[str, ...]:
         """The axes of the parameter grid, in storage order."""
         threshold = "sparsity" if self.sparsity is not None else "tau"
-        return ("family", threshold, "clip", "q_star")
+        return ("family", threshold, "clip", "q_star", *(("chi1",) if self.chi1 else ()))
 
 
 @dataclass(frozen=True)
@@ -725,7 +736,7 @@ class SweepCell:
     to run.
 
     ``flat`` is its C-order position in the full grid of cells; it names the cell's random stream.
-    ``depth`` is the spec's depth for a Monte Carlo sweep; ``lr`` and ``run_seed`` are None there.
+    ``depth`` is the spec's depth for a Monte Carlo sweep; ``lr`` and ``run_seed`` are None there; ``chi1`` is 1 (the EoC) unless the sweep has that axis.
     """
 
     flat: int
@@ -742,6 +753,7 @@ class SweepCell:
     depth: int
     lr: float | None = None
     run_seed: int | None = None
+    chi1: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -784,7 +796,8 @@ def resolve(spec: Spec) -> Params:
                 user = next(s for s in spec.shape if s.name == family)
                 t = user.tau_for_sparsity(point["sparsity"], point["q_star"], m)
                 act = user.at(t, m)
-            eoc = gp.edge_of_chaos(act, point["q_star"]) if spec.eoc else None
+            chi_1 = point.get("chi1", 1.0)
+            eoc = gp.edge_of_chaos(act, point["q_star"], chi_1) if spec.eoc else None
         except ValueError as err:
             raise SpecError(f"{err} (at {where})") from None
         if eoc and not (math.isfinite(eoc.sigma_w2) and math.isfinite(eoc.sigma_b2)):
@@ -814,6 +827,7 @@ def cells(spec: Spec, params: Params) -> Iterator[SweepCell]:
     for flat, index in enumerate(product(*(range(k) for k in spec.cell_shape))):
         p = index[:n]
         run = {d: getattr(spec, d)[i] for d, i in zip(spec.run_dims, index[n:], strict=True)}
+        chi1 = spec.chi1[p[spec.param_dims.index("chi1")]] if "chi1" in spec.param_dims else 1.0
         yield SweepCell(
             flat=flat,
             index=index,
@@ -829,6 +843,7 @@ def cells(spec: Spec, params: Params) -> Iterator[SweepCell]:
             depth=run.get("depth", spec.depth),
             lr=run.get("lr"),
             run_seed=run.get("run_seed"),
+            chi1=chi1,
         )
 
 

@@ -92,9 +92,14 @@ def initialise(
     seed: int | np.random.SeedSequence = 0,
     input_ms: float = 1.0,
     output_gain: float = 1.0,
+    chi_1: float = 1.0,
 ) -> Initialisation:
     """Draw a network of the given widths (d, N_1, ..., N_L, C), L >= 1, at the Edge of Chaos of
     ``act`` for the variance fixed point ``q_star`` (module docstring for the variances).
+
+    ``chi_1`` != 1 leaves the Edge of Chaos at the same fixed point q* (and so the same sparsity):
+    (sigma_w^2, sigma_b^2) = ``gp.edge_of_chaos(act, q_star, chi_1)``, ordered for chi_1 < 1,
+    chaotic for chi_1 > 1 (ValueError when that needs sigma_b^2 < 0, e.g. ReLU above 1).
 
     ``seed`` (int >= 0 or SeedSequence) fixes every entry: one ``numpy.random.Generator(PCG64)``,
     layer by layer, weights then biases, drawn in float64 and rounded to float32.
@@ -123,7 +128,7 @@ def initialise(
         if not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
             bound = ">= 0" if name == "output_gain" else "> 0"
             raise ValueError(f"{name}={value!r}: must be finite and {bound}")
-    eoc = gp.edge_of_chaos(act, q_star)
+    eoc = gp.edge_of_chaos(act, q_star, chi_1)
     sigma_w2, sigma_b2 = float(eoc.sigma_w2), float(eoc.sigma_b2)
     sigma_in2 = (q_star - sigma_b2) / input_ms
     variances = _layer_variances(widths, sigma_in2, sigma_w2, sigma_b2, output_gain)

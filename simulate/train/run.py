@@ -3,23 +3,30 @@
     python -m simulate.train.run [--family crelu|cst] [--sparsity 0.85] [--clip 1|inf] [--q-star 1]
         [--depth 100] [--width 300] [--dataset digits|fashion-mnist] [--data DIR] [--train-size N]
         [--test-size N] [--epochs 10] [--lr 1e-3] [--optimizer adam|sgd] [--schedule constant|cosine]
-        [--warmup 0] [--batch-size 128] [--output-gain 1] [--seed 0] [--threads]
+        [--warmup 0] [--batch-size 128] [--output-gain 1] [--seed 0] [--chi1 1]
+        [--checkpoint FILE] [--threads]
 
-prints one line per epoch (epoch 0 is the initialisation) and a summary. Bad input: one line naming
-the field, the value and what is allowed; exit status 2.
+prints one line per epoch as it finishes (epoch 0 is the initialisation) and a summary. With
+``--checkpoint FILE`` the run's state is saved after every epoch, and the same command, after a
+kill, resumes from it and prints the same numbers (the file is removed when the run ends). Bad
+input: one line naming the field, the value and what is allowed; exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import numbers
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from simulate.activations import FAMILIES, Activation
+from simulate.train import checkpoint as _checkpoint
 from simulate.train.data import DATASETS, Dataset, load_dataset
 from simulate.train.init import FLOAT32_MAX, initialise
 
@@ -55,9 +62,13 @@ def train_network(
     seed: int | np.random.SeedSequence = 0,
     output_gain: float = 1.0,
     probe_size: int = 256,
+    chi_1: float = 1.0,
+    checkpoint: Path | None = None,
+    on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Train a depth x width network of ``act`` initialised at the Edge of Chaos for ``q_star``
-    (:func:`simulate.train.init.initialise`) on ``data``; a deterministic function of its arguments.
+    (:func:`simulate.train.init.initialise`; with ``chi_1`` != 1, off it at the same q*) on
+    ``data``; a deterministic function of its arguments.
 
     Training: ``epochs`` passes over the training set in shuffled mini-batches of ``batch_size`` (the
     last incomplete batch of each pass is dropped), ``optimizer`` and ``schedule`` from
@@ -67,6 +78,12 @@ def train_network(
     Measured at initialisation (epoch 0) and after every epoch (see :data:`RESULT_DIMS`): loss and
     accuracy on the whole training and test sets; the per-layer q and fraction of exact zeros of the
     hidden pre-activations on fixed probe batches, the first ``probe_size`` images of each set.
+    ``on_epoch(epoch, results)`` is called after each epoch's measurements (results filled up to it).
+
+    ``checkpoint``: a file where the run's state is saved after every epoch
+    (:mod:`simulate.train.checkpoint`); if it exists, the run resumes after its last saved epoch and
+    returns exactly what an uninterrupted run returns. The file is left in place at the end (the
+    caller removes it once the results are safe).
 
     Float32 range: besides the initialiser's bounds (:mod:`simulate.train.init`), the probe's q^l
     is a float32 mean over ``probe_size`` x ``width`` squares of variance q*, summed first, so
@@ -88,12 +105,16 @@ def train_network(
             f"q_star={q_star!r}: overflows float32 in the probe's per-layer q, a sum of probe_size "
             f"x width = {summed} squares of variance q*; q_star must be < {FLOAT32_MAX / summed:.3g}"
         )
+    import jax
+
     from simulate.train import model
 
     seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     init_seq, shuffle_seq = seq.spawn(2)
     widths = [data.input_dim, *([width] * depth), data.n_classes]
-    params = initialise(act, q_star, widths, seed=init_seq, output_gain=output_gain).pytree()
+    params = initialise(
+        act, q_star, widths, seed=init_seq, output_gain=output_gain, chi_1=chi_1
+    ).pytree()
     n_batches = data.x_train.shape[0] // batch_size
     config = model.OptimizerConfig(
         optimizer, schedule, epochs * n_batches, round(warmup * n_batches)
@@ -113,7 +134,23 @@ def train_network(
     out["diverged"] = np.array(False)
     out["diverged_epoch"] = np.array(-1)
     state = model.make_optimizer(config, lr).init(params)
-    for epoch in range(epochs + 1):
+    first = 0
+    if checkpoint is not None:
+        run = _describe_run(
+            act, q_star, chi_1, depth, width, data, epochs, lr, config, batch_size, seq,
+            output_gain, probe_size,
+        )  # fmt: skip
+        saved = _checkpoint.load(checkpoint, run)
+        if saved is not None:
+            params = {k: jax.numpy.asarray(v) for k, v in saved.params.items()}
+            treedef = jax.tree_util.tree_structure(state)
+            state = jax.tree_util.tree_unflatten(
+                treedef, [jax.numpy.asarray(v) for v in saved.opt_leaves]
+            )
+            rng.bit_generator.state = saved.rng_state
+            out = {k: np.array(v) for k, v in saved.out.items()}
+            first = saved.epoch + 1
+    for epoch in range(first, epochs + 1):
         finite = True
         if epoch > 0:
             order = rng.permutation(x_train.shape[0])[: n_batches * batch_size]
@@ -131,8 +168,52 @@ def train_network(
             out["q"][epoch, i], out["act_sparsity"][epoch, i] = np.asarray(q), np.asarray(zeros)
         if not finite:
             out["diverged"], out["diverged_epoch"] = np.array(True), np.array(epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, out)
+        if not finite:
             break
+        if checkpoint is not None and epoch < epochs:
+            _checkpoint.save(
+                checkpoint,
+                run,
+                _checkpoint.RunState(
+                    epoch,
+                    {k: np.asarray(v) for k, v in params.items()},
+                    [np.asarray(v) for v in jax.tree_util.tree_leaves(state)],
+                    rng.bit_generator.state,
+                    out,
+                ),
+            )
     return out
+
+
+def _describe_run(
+    act, q_star, chi_1, depth, width, data, epochs, lr, config, batch_size, seq, output_gain,
+    probe_size,
+) -> str:  # fmt: skip
+    """The run's arguments as a JSON string (:mod:`simulate.train.checkpoint`): the activation, the
+    network, the optimiser, the seed's entropy and spawn key, and the dataset's name and shapes."""
+    return json.dumps(
+        {
+            "activation": [
+                act.name,
+                *(repr(v) for part in (act.knots, act.values, act.slopes) for v in part.tolist()),
+            ],
+            "q_star": repr(q_star),
+            "chi_1": repr(chi_1),
+            "depth": depth,
+            "width": width,
+            "data": [data.name, list(data.x_train.shape), list(data.x_test.shape)],
+            "epochs": epochs,
+            "lr": repr(lr),
+            "optimizer": list(config),
+            "batch_size": batch_size,
+            "seed": [str(seq.entropy), list(seq.spawn_key)],
+            "output_gain": repr(output_gain),
+            "probe_size": probe_size,
+        },
+        sort_keys=True,
+    )
 
 
 def _check_run_args(act, q_star, depth, width, epochs, lr, optimizer, schedule, warmup, batch_size):
@@ -192,6 +273,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--output-gain", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--chi1", type=float, default=1.0, help="chi_1 at q* (1: the Edge of Chaos; same q*)"
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="file for the run's state after each epoch; the same command resumes from it",
+    )
     p.add_argument("--threads", action="store_true", help="let XLA use every core")
     return p
 
@@ -202,42 +292,54 @@ def main(argv=None) -> int:
         from simulate.train import limit_cpu_threads
 
         limit_cpu_threads()
+    kwargs = dict(
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        output_gain=args.output_gain,
+        chi_1=args.chi1,
+    )
+    start = time.perf_counter()
+
+    def report(epoch: int, res: dict[str, np.ndarray]) -> None:
+        q, s = res["q"][epoch, 0], res["act_sparsity"][epoch, 0]
+        print(
+            f"epoch {epoch:3d}  train loss {res['train_loss'][epoch]:.4g} "
+            f"acc {res['train_acc'][epoch]:.4f}  test loss {res['test_loss'][epoch]:.4g} "
+            f"acc {res['test_acc'][epoch]:.4f}  q[1,L/2,L] {q[0]:.3g} {q[len(q) // 2]:.3g} "
+            f"{q[-1]:.3g}  sparsity mean {np.mean(s):.3f} last {s[-1]:.3f}  "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+
     try:
         act = Activation.from_sparsity(args.family, args.sparsity, args.q_star, args.clip)
-        kwargs = dict(
-            epochs=args.epochs,
-            lr=args.lr,
-            optimizer=args.optimizer,
-            schedule=args.schedule,
-            warmup=args.warmup,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            output_gain=args.output_gain,
-        )
         _check_run_args(
             act, args.q_star, args.depth, args.width, args.epochs, args.lr, args.optimizer,
             args.schedule, args.warmup, args.batch_size,
         )  # fmt: skip
+        initialise(act, args.q_star, [1, 1, 1], chi_1=args.chi1)  # refuses a bad chi_1 up front
         data = load_dataset(
             args.dataset, args.data, train_size=args.train_size, test_size=args.test_size
         )
-        start = time.perf_counter()
-        res = train_network(act, args.q_star, args.depth, args.width, data, **kwargs)
+        print(
+            f"{act.label()} q*={args.q_star} depth={args.depth} width={args.width} {data.name} "
+            f"n_train={data.x_train.shape[0]} {kwargs}",
+            flush=True,
+        )
+        res = train_network(
+            act, args.q_star, args.depth, args.width, data, **kwargs,
+            checkpoint=args.checkpoint, on_epoch=report,
+        )  # fmt: skip
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(
-        f"{act.label()} q*={args.q_star} depth={args.depth} width={args.width} {data.name} "
-        f"n_train={data.x_train.shape[0]} {kwargs}"
-    )
-    for e in range(args.epochs + 1):
-        q, s = res["q"][e, 0], res["act_sparsity"][e, 0]
-        print(
-            f"epoch {e:3d}  train loss {res['train_loss'][e]:.4g} acc {res['train_acc'][e]:.4f}  "
-            f"test loss {res['test_loss'][e]:.4g} acc {res['test_acc'][e]:.4f}  "
-            f"q[1,L/2,L] {q[0]:.3g} {q[len(q) // 2]:.3g} {q[-1]:.3g}  "
-            f"sparsity mean {np.mean(s):.3f} last {s[-1]:.3f}"
-        )
+    if args.checkpoint is not None:
+        args.checkpoint.unlink(missing_ok=True)
     print(
         f"summary: final test acc {res['test_acc'][-1]:.4f}, best {np.nanmax(res['test_acc']):.4f}, "
         f"diverged {bool(res['diverged'])} at epoch {int(res['diverged_epoch'])}, "
