@@ -277,6 +277,8 @@ class _Progress:
             total=self.total, unit=unit, disable=not sys.stderr.isatty(), file=sys.stderr
         )
         self._poller = threading.Thread(target=self._poll, daemon=True) if in_flight else None
+        self._resumed = in_flight() if in_flight else 0  # done before this run: not in the rate
+        self._bar.update(self._resumed)
 
     def update(self, k: int) -> None:
         """``k`` more cells are finished (and written)."""
@@ -292,7 +294,7 @@ class _Progress:
             self._bar.refresh()
             if self._bar.disable and 10 * n // max(self.total, 1) > self._logged:
                 self._logged = 10 * n // max(self.total, 1)
-                rate = n / (time.perf_counter() - self._start)
+                rate = (n - self._resumed) / (time.perf_counter() - self._start)
                 _log(
                     f"{n}/{self.total} {self.unit}s, {self.done}/{self.cells} cells "
                     f"({rate:.3g} {self.unit}s/s)"
