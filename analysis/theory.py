@@ -127,14 +127,8 @@ def layer_arrays(act: Activation, sigma_w2, sigma_b2, q0, depth: int) -> dict[st
 
 def correlation_arrays(act: Activation, sigma_w2, sigma_b2, q_star, c0, depth: int) -> np.ndarray:
     """c^l, l = 0..depth (leading axis), for a single or stacked activation and c0 broadcast against
-    the batch: the gap g = 1 - c iterated directly, g^0 = 1 - c0, g^{l+1} = 1 - R(1 - g^l)
-    (``gp.correlation_gap_map`` at variance q*), so that 1 - c^l keeps its relative precision (~1e-16
-    of its size, besides the rounding of c = 1 - g to float64) however close c^l comes to 1."""
-    gap_map = gp.correlation_gap_map(act, q_star, sigma_w2, sigma_b2)
-    gap = [np.asarray(1.0 - np.asarray(c0, dtype=float))]
-    for _ in range(depth):
-        gap.append(gap_map(np.clip(gap[-1], 0.0, 2.0)))
-    return 1.0 - np.stack(np.broadcast_arrays(*gap))
+    the batch, from the precise gap iterate ``gp.correlation_gaps``."""
+    return 1.0 - gp.correlation_gaps(act, q_star, sigma_w2, sigma_b2, c0, depth)
 
 
 class _Table:

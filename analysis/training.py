@@ -45,14 +45,20 @@ Definitions.
   training network's depth. The training network's hidden pre-activations h^1..h^L and the Monte
   Carlo's layers 0..L-1 both start at q*, so "escaped within depth L" is
   0 <= escape_layer <= L - 1 (NaN when the init store is shallower than L - 1).
-- The GP input signal of a configuration (``gp_corr_gap``, in the link): 1 - c^L, the correlation
-  of two inputs started at c^0 = 1/2 after L layers of the GP correlation map at q*
-  (:func:`simulate.recommend.correlation_gap`, L = the training depth). On the EoC c^l -> 1; the
-  smaller 1 - c^L, the less the last hidden layer tells two inputs apart at initialisation.
+- The hypotheses' predictors of a configuration (in the link; docs/training.md, "Why sparse networks
+  stop training"), each at its own depth L, width N and (sigma_w^2, sigma_b^2):
+  - H1, ``gp_corr_gap``: the GP input signal 1 - c^L, the correlation of two inputs started at
+    c^0 = 1/2 after L layers of the GP correlation map at q* (``gp.correlation_gaps``). On the EoC
+    c^l -> 1; the smaller 1 - c^L, the less the last hidden layer tells two inputs apart;
+  - H2, ``log_gain_sd``: the 1/N theory's spread, over networks, of the log gain of a forward
+    tangent through the L layers (``gp.log_gain_spread``); with an init store also measured,
+    ``mc_log_gain_sd``: the sd of the summed ``v_log_gain`` of its networks that reach layer L;
+  - H5, ``margin``: the stability margin 1 - V'(q*);
+  - H6, ``jacobian_spread``: the normalised variance L r of the squared singular values of the
+    input-output Jacobian at infinite width (``gp.jacobian_spread``).
 - ``correlations``: Spearman's rank correlation (two-sided p-value, scipy) between the mean final
-  test accuracy and each predictor (V'(q*), the GP input signal; with an init store the Monte Carlo
-  fraction at q* and escaped fraction) over the configurations of each (width, depth, lr), and over
-  all of them.
+  test accuracy and each predictor (:data:`PREDICTORS`) over the configurations of each (width,
+  depth, lr), and over all of them.
 """
 
 from __future__ import annotations
@@ -68,9 +74,8 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from simulate import schema
+from simulate import gp, schema
 from simulate.activations import Activation
-from simulate.recommend import correlation_gap
 
 from ._cli import CommandError, Parser, run_cli
 from ._store import (
@@ -102,7 +107,11 @@ READ_PARAMS = (
 
 PREDICTORS = {
     "v_slope": "V'(q*)",
-    "gp_corr_gap": "GP input signal 1 - c^L",
+    "gp_corr_gap": "H1: GP input signal 1 - c^L",
+    "log_gain_sd": "H2: log-gain spread (1/N theory)",
+    "mc_log_gain_sd": "H2: log-gain spread (Monte Carlo)",
+    "margin": "H5: stability margin 1 - V'(q*)",
+    "jacobian_spread": "H6: Jacobian spectrum spread L r",
     "mc_frac_stay": "MC fraction at q*",
     "mc_frac_escaped": "MC fraction escaped within depth L",
 }
@@ -356,17 +365,25 @@ def link_table(
     escape depth and fraction escaped within depth L (module docstring)."""
     table = accuracy[[*tr.config_dims, "n_runs", "n_diverged", "test_acc", "test_acc_sd"]]
     table = table.merge(theory[[*tr.param_dims, "v_slope", "window"]], on=list(tr.param_dims))
-    table["gp_corr_gap"] = [_input_signal(tr, row) for row in table.to_dict("records")]
+    predicted = pd.DataFrame([_predictors(tr, row) for row in table.to_dict("records")])
+    table = pd.concat([table, predicted.set_index(table.index)], axis=1)
     if init is not None:
         table = pd.concat([table, _monte_carlo(tr, table, init)], axis=1)
     return table
 
 
-def _input_signal(tr: TrainingResults, row: dict) -> float:
-    """1 - c^L of the configuration ``row`` (module docstring)."""
+def _predictors(tr: TrainingResults, row: dict) -> dict[str, float]:
+    """H1, H2, H5 and H6's predictors of the configuration ``row`` (module docstring)."""
     key = {d: row[d] for d in tr.param_dims}
     sigma_w2, sigma_b2 = (float(tr.ds[v].sel(key)) for v in ("sigma_w2", "sigma_b2"))
-    return correlation_gap(tr.activation(key), row["q_star"], sigma_w2, sigma_b2, int(row["depth"]))
+    act, q_star, depth = tr.activation(key), row["q_star"], int(row["depth"])
+    gaps = gp.correlation_gaps(act, q_star, sigma_w2, sigma_b2, 0.5, depth)
+    return {
+        "gp_corr_gap": float(gaps[-1]),
+        "log_gain_sd": gp.log_gain_spread(act, q_star, sigma_w2, sigma_b2, depth, row["width"]),
+        "margin": 1.0 - row["v_slope"],
+        "jacobian_spread": float(gp.jacobian_spread(act, q_star, depth)),
+    }
 
 
 def _monte_carlo(tr: TrainingResults, table: pd.DataFrame, init: Tables) -> pd.DataFrame:
@@ -394,10 +411,25 @@ def _monte_carlo(tr: TrainingResults, table: pd.DataFrame, init: Tables) -> pd.D
         if reach <= mc.depth:
             escape = mc.ds["escape_layer"].sel(key).values
             out.loc[i, "mc_frac_escaped"] = float(((escape >= 0) & (escape <= reach)).mean())
+        out.loc[i, "mc_log_gain_sd"] = _measured_log_gain_sd(mc, key, reach + 1)
     return out
 
 
-MC_COLUMNS = ("mc_frac_stay", "mc_median_escape", "mc_frac_escaped")
+def _measured_log_gain_sd(mc: Results, key: dict, depth: int) -> float:
+    """sd over the networks that reach layer ``depth`` of sum_{l=1}^{depth} v_log_gain^l (NaN when
+    the store does not record v_log_gain at every one of those layers, or fewer than 2 reach)."""
+    if "v_log_gain" not in mc.ds or depth > mc.depth:
+        return math.nan
+    layers = mc.ds["layer"].values
+    if not np.isin(np.arange(1, depth + 1), layers).all():
+        return math.nan
+    gains = mc.ds["v_log_gain"].sel(key).sel(layer=slice(1, depth)).values
+    summed = gains.sum(axis=-1)
+    summed = summed[np.isfinite(summed)]
+    return float(np.std(summed, ddof=1)) if summed.size >= 2 else math.nan
+
+
+MC_COLUMNS = ("mc_frac_stay", "mc_median_escape", "mc_frac_escaped", "mc_log_gain_sd")
 """The link table's columns from an init store."""
 
 

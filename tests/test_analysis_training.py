@@ -213,7 +213,8 @@ def test_link_and_correlations_without_init(tables):
     assert every["n"] == 4
     assert every["rho"] == pytest.approx(-2 / math.sqrt(5), abs=1e-12)
     per_depth = rho[rho["width"].astype(str) != "all"]
-    assert len(per_depth) == 2 * 2 and per_depth["rho"].isna().all()  # 2 configurations: undefined
+    n_predictors = len([c for c in training.PREDICTORS if not c.startswith("mc_")])
+    assert len(per_depth) == 2 * n_predictors and per_depth["rho"].isna().all()  # 2 configurations
 
 
 def correlation_step(act, c, q_star, sigma_w2, sigma_b2, h=0.004, z_max=8.0) -> float:
