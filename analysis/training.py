@@ -380,7 +380,9 @@ def _predictors(tr: TrainingResults, row: dict) -> dict[str, float]:
     gaps = gp.correlation_gaps(act, q_star, sigma_w2, sigma_b2, 0.5, depth)
     return {
         "gp_corr_gap": float(gaps[-1]),
-        "log_gain_sd": gp.log_gain_spread(act, q_star, sigma_w2, sigma_b2, depth, row["width"]),
+        "log_gain_sd": float(
+            gp.log_gain_spread(act, q_star, sigma_w2, sigma_b2, depth, row["width"])[-1]
+        ),
         "margin": 1.0 - row["v_slope"],
         "jacobian_spread": float(gp.jacobian_spread(act, q_star, depth)),
     }
