@@ -107,9 +107,11 @@ def _first_depth(values: np.ndarray, reference: float, falling: bool) -> float:
     return float(hits[0] + 1) if hits.size else math.inf
 
 
-def predictions(tables: StudyTables, link: pd.DataFrame, tolerance: float) -> pd.DataFrame:
+def predictions(
+    tables: StudyTables, link: pd.DataFrame, tolerance: float, max_depth: int = MAX_DEPTH
+) -> pd.DataFrame:
     """Per (activation, chi_1, width): the depth each hypothesis predicts training to stop at
-    (module docstring), beside the deepest measured depth that trains."""
+    (module docstring; searched to ``max_depth``), beside the deepest measured depth that trains."""
     base = link[(link["activation"] == "ReLU") & (link["chi1"] == 1.0)]
     if base.empty:
         raise StoreError("the trainability study needs the ReLU baseline at chi1 = 1")
@@ -128,9 +130,9 @@ def predictions(tables: StudyTables, link: pd.DataFrame, tolerance: float) -> pd
         row = dict(zip(keys, key, strict=True))
         act, sw2, sb2 = _activation(tables, group.iloc[0].to_dict())
         q = row["q_star"]
-        gaps = gp.correlation_gaps(act, q, sw2, sb2, 0.5, MAX_DEPTH)[1:]
+        gaps = gp.correlation_gaps(act, q, sw2, sb2, 0.5, max_depth)[1:]
         trains = group[group["test_acc"] >= best - tolerance]["depth"]
-        spreads = gp.log_gain_spread(act, q, sw2, sb2, MAX_DEPTH, row["width"])
+        spreads = gp.log_gain_spread(act, q, sw2, sb2, max_depth, row["width"])
         rows.append(
             {
                 **{k: row[k] for k in ("activation", "chi1", "width")},

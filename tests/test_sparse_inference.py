@@ -26,15 +26,16 @@ SETTINGS = [(1, "auto"), (2, "auto"), (1, "union"), (2, "union"), (1, "rows"), (
 
 
 def reference(act, weights, biases, x):
-    """The network in float64 numpy (the float32 weights upcast): logits and each hidden layer's
-    fraction of exact zeros over the inputs."""
-    a, zeros = np.asarray(x, float), []
+    """The network in float64 numpy (the float32 weights upcast): logits, and each hidden layer's
+    fraction of exact zeros over the inputs and fraction of units non-zero for some input."""
+    a, zeros, union = np.atleast_2d(np.asarray(x, float)), [], []
     for l, (w, b) in enumerate(zip(weights, biases, strict=True)):
         h = a @ np.asarray(w, float).T + np.asarray(b, float)
         if l == len(weights) - 1:
-            return h, np.array(zeros)
+            return h, np.array(zeros), np.array(union)
         a = act(h)
         zeros.append(np.mean(a == 0.0))
+        union.append(np.mean(np.any(a != 0.0, axis=0)))
 
 
 def rel(a, b):
@@ -46,7 +47,7 @@ def test_integer_network_is_computed_exactly_by_every_path(act):
     """Integer weights in {-1, 0, 1}, integer biases and inputs, and breakpoints at integers: every
     pre-activation is an integer below 2^24, so float32 sums are exact in any order and the sparse
     passes (one input; batch by union, by rows, auto; 1 and 2 threads), the dense pass and a float64
-    reference agree bit for bit, zero fractions included. Widths 50 and 70 (not multiples of the
+    reference agree bit for bit, and so do the zero and union fractions. Widths 50 and 70 (not multiples of the
     16-float slices) and 10 outputs (narrower than two slices)."""
     rng = np.random.default_rng(0)
     widths = [40, 50, 70, 70, 50, 10]
@@ -56,20 +57,19 @@ def test_integer_network_is_computed_exactly_by_every_path(act):
     biases = [rng.integers(-2, 3, o).astype(np.float32) for o in widths[1:]]
     x = rng.integers(-2, 3, (5, widths[0])).astype(np.float32)
     net = infer.prepare(act, weights, biases)
-    expected, zeros = reference(act, weights, biases, x)
-    assert 0.3 < zeros.mean() < 0.9
+    expected, zeros, union = reference(act, weights, biases, x)
+    assert 0.3 < zeros.mean() < 0.9 and np.all(union < 1.0)
     np.testing.assert_array_equal(infer.dense_forward(net, x), expected)
     for threads, method in SETTINGS:
         got = infer.sparse_forward(net, x, threads=threads, method=method)
         np.testing.assert_array_equal(got, expected, err_msg=f"{threads} threads, {method}")
-        sparsity = infer.layer_sparsity(net, x, threads=threads, method=method)
-        np.testing.assert_array_equal(sparsity, zeros)
+        activity = infer.layer_activity(net, x, threads=threads, method=method)
+        np.testing.assert_array_equal(activity, (zeros, union))
+    _, zeros_2, union_2 = reference(act, weights, biases, x[2])
     for threads in (1, 2):
         np.testing.assert_array_equal(infer.sparse_forward(net, x[2], threads=threads), expected[2])
-        np.testing.assert_array_equal(
-            infer.layer_sparsity(net, x[2], threads=threads),
-            reference(act, weights, biases, x[2:3])[1],
-        )
+        activity = infer.layer_activity(net, x[2], threads=threads)
+        np.testing.assert_array_equal(activity, (zeros_2, union_2))
 
 
 @pytest.mark.parametrize(
@@ -79,21 +79,22 @@ def test_integer_network_is_computed_exactly_by_every_path(act):
 def test_edge_of_chaos_network_sparse_equals_dense_to_rounding(family, sparsity):
     """initialise's float32 network (clip m = 1, q* = 1, 12 hidden layers of width 128) on 16
     Gaussian inputs: every sparse path within RTOL (module docstring) of the dense pass and of the
-    float64 reference, one input alone too; the zero fractions the sparse pass counts equal the
-    reference's, up to one unit per layer that rounding can move across a break."""
+    float64 reference, one input alone too; the zero and union fractions the sparse pass counts
+    equal the reference's, up to one unit per layer that rounding can move across a break."""
     act = Activation.from_sparsity(family, sparsity, 1.0, m=1.0)
     width = 128
     init = initialise(act, 1.0, [32, *[width] * 12, 10], seed=1)
     net = infer.prepare(act, init.weights, init.biases)
     x = np.random.default_rng(2).standard_normal((16, 32))
-    expected, zeros = reference(act, init.weights, init.biases, x)
+    expected, zeros, union = reference(act, init.weights, init.biases, x)
     dense = infer.dense_forward(net, x)
     assert rel(dense, expected) < RTOL
     for threads, method in SETTINGS:
         got = infer.sparse_forward(net, x, threads=threads, method=method)
         assert rel(got, dense) < RTOL and rel(got, expected) < RTOL, (threads, method)
-        counted = infer.layer_sparsity(net, x, threads=threads, method=method)
+        counted, counted_union = infer.layer_activity(net, x, threads=threads, method=method)
         assert np.all(np.abs(counted - zeros) <= 1 / (16 * width)), (counted, zeros)
+        assert np.all(np.abs(counted_union - union) <= 1 / width), (counted_union, union)
     assert abs(zeros.mean() - sparsity) < 0.1  # the network is as sparse as asked
     for threads in (1, 2):
         assert rel(infer.sparse_forward(net, x[5], threads=threads), expected[5]) < RTOL
@@ -126,13 +127,13 @@ def test_trained_network_sparse_equals_dense_and_the_jax_model():
 
     net = infer.prepare(act, *infer.layers_of_pytree(params))
     x = data.x_test
-    logits = np.asarray(model.forward(params, jnp.asarray(x), pieces), float)
+    logits, _, jax_zeros = model.forward(params, jnp.asarray(x), pieces, collect=True)
+    logits = np.asarray(logits, float)
     dense = infer.dense_forward(net, x)
     assert rel(dense, logits) < RTOL
-    _, _, jax_zeros = model.forward(params, jnp.asarray(x), pieces, collect=True)
     for threads, method in SETTINGS:
         assert rel(infer.sparse_forward(net, x, threads=threads, method=method), dense) < RTOL
-        counted = infer.layer_sparsity(net, x, threads=threads, method=method)
+        counted = infer.layer_activity(net, x, threads=threads, method=method)[0]
         assert np.all(np.abs(counted - np.asarray(jax_zeros)) <= 1 / (len(x) * width))
     for i in (0, 123):
         assert rel(infer.sparse_forward(net, x[i]), logits[i]) < RTOL
