@@ -180,11 +180,17 @@ def sparse_forward(net: Network, x, *, threads: int = 1, method: str = "auto") -
     return _sparse(net, x, threads, method)[0]
 
 
-def layer_sparsity(net: Network, x, *, threads: int = 1, method: str = "auto") -> np.ndarray:
-    """The fraction of exact zeros in each hidden layer's activation phi(h^l), l = 1..L, over the
-    inputs x ((d,) or (B, d)), counted by the sparse pass: an array (L,)."""
-    zeros = _sparse(net, x, threads, method)[1]
-    return zeros / (_as_batch(net, x).shape[0] * np.asarray(net.widths[1:-1]))
+def layer_activity(
+    net: Network, x, *, threads: int = 1, method: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each hidden layer's activity on the inputs x ((d,) or (B, d)), counted by the sparse pass:
+    (sparsity, union), arrays (L,) for l = 1..L, the fraction of exact zeros in phi(h^l) over the
+    inputs and units, and the fraction |U| / n_l of units non-zero for at least one input (for one
+    input, 1 - sparsity)."""
+    a = _as_batch(net, x)
+    _, zeros, union = _sparse(net, a, threads, method)
+    widths = np.asarray(net.widths[1:-1])
+    return zeros / (a.shape[0] * widths), union / widths
 
 
 def dense_forward(net: Network, x) -> np.ndarray:
@@ -248,7 +254,7 @@ def _slices(n: int, threads: int) -> np.ndarray:
 
 
 def _sparse(net: Network, x, threads, method) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, zeros per hidden layer) of the sparse pass, after validation."""
+    """(logits, zeros and union size per hidden layer) of the sparse pass, after validation."""
     a = _as_batch(net, x)
     if method not in METHODS:
         raise ValueError(f"method={method!r}: must be one of {', '.join(METHODS)}")
@@ -258,10 +264,14 @@ def _sparse(net: Network, x, threads, method) -> tuple[np.ndarray, np.ndarray]:
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        out, zeros = _one_input(net, a, threads) if a.shape[0] == 1 else _batch(net, a, method)
+        if a.shape[0] == 1:
+            out, zeros = _one_input(net, a, threads)
+            union = np.asarray(net.widths[1:-1]) - zeros
+        else:
+            out, zeros, union = _batch(net, a, method)
     finally:
         numba.set_num_threads(previous)
-    return (out[0] if np.ndim(x) == 1 else out), zeros
+    return (out[0] if np.ndim(x) == 1 else out), zeros, union
 
 
 def _one_input(net: Network, a, threads):
@@ -288,12 +298,15 @@ def _batch(net: Network, a, method):
     val = np.empty((batch, n_max), np.float32)
     count = np.empty(batch, np.int64)
     zeros = np.zeros(net.n_layers - 1, np.int64)
+    unions = np.zeros(net.n_layers - 1, np.int64)
     buffers = _Buffers(batch, n_max)
     for l in range(net.n_layers):
         wt, b = net.layer(l)
         n_in, n_out = wt.shape
         h = buffers.out(l, n_out)
         k, nnz = _union(a, union)
+        if l > 0:
+            unions[l - 1] = k
         if method == "union" or (method == "auto" and batch * k <= UNION_RATIO * nnz):
             if k == n_in:
                 np.matmul(a, wt, out=h)
@@ -312,7 +325,7 @@ def _batch(net: Network, a, method):
         else:
             h += b
         a = h
-    return a.copy(), zeros
+    return a.copy(), zeros, unions
 
 
 # --- kernels -------------------------------------------------------------------------------------

@@ -19,10 +19,13 @@ For the named family at GP sparsity s and variance fixed point q* it reports:
 - the predicted spread of the layer variance at that width and depth, from the 1/N theory
   ``gp.finite_width``: sd(q^L) / q* and the mean shift (E[q^L] - q*) / q*;
 - the input signal left at the last layer: 1 - c^L, the GP correlation of two inputs after L layers
-  started at c^0 = 1/2 (``gp.correlation_map`` iterated at q*), beside ReLU's at the same depth. On
+  started at c^0 = 1/2 (``gp.correlation_gaps`` at q*), beside ReLU's at the same depth. On
   the EoC c -> 1 polynomially, faster for sparse activations (most of q* is the input-independent
   bias variance); in the runs of docs/training.md only networks starting with 1 - c^L of about
   4e-3 or more trained well within 20 epochs;
+- the spread of the gradients: the normalised variance L r of the squared singular values of the
+  input-output Jacobian at infinite width (``gp.jacobian_spread``; ReLU: 2 L), and the sd of the
+  log gain of a forward tangent through the L layers at that width (``gp.log_gain_spread``);
 - the unclipped twin (same tau, m = inf: ReLU_tau or ST_tau) in a quick Monte Carlo of that exact
   architecture (``simulate.engines.run_cell``, ``--nets`` networks, default pair of inputs at q*): the
   fraction whose q leaves [q*/10, 10 q*] by the last layer and the median escape layer (networks that
@@ -59,7 +62,8 @@ def recommend(
 ) -> dict:
     """The recommendation (module docstring) as a dict of plain numbers and strings, with keys
     family, sparsity, q_star, depth, width, tau, clip_window, m, gradient_fraction, sigma_w2,
-    sigma_b2, v_slope, xi_q, q_sd_rel, q_shift_rel, corr_gap, corr_gap_relu, twin (label, nets, escaped_fraction,
+    sigma_b2, v_slope, xi_q, q_sd_rel, q_shift_rel, corr_gap, corr_gap_relu, jacobian_spread,
+    jacobian_spread_relu, log_gain_sd, twin (label, nets, escaped_fraction,
     median_escape_layer: None when beyond ``depth``), initialiser."""
     _check(family, sparsity, depth, width, q_star, nets, seed)
     m_lo = gp.min_gradient_clip(family, sparsity, q_star)
@@ -103,10 +107,13 @@ def recommend(
         "xi_q": float(gp.xi_q(act, q_star, sigma_w2)),
         "q_sd_rel": float(last.q_sd) / q_star,
         "q_shift_rel": float(last.q_mean) / q_star - 1.0,
-        "corr_gap": correlation_gap(act, q_star, sigma_w2, sigma_b2, depth),
-        "corr_gap_relu": correlation_gap(
+        "corr_gap": _input_signal(act, q_star, sigma_w2, sigma_b2, depth),
+        "corr_gap_relu": _input_signal(
             relu, q_star, float(relu_eoc.sigma_w2), float(relu_eoc.sigma_b2), depth
         ),
+        "jacobian_spread": float(gp.jacobian_spread(act, q_star, depth)),
+        "jacobian_spread_relu": float(gp.jacobian_spread(relu, q_star, depth)),
+        "log_gain_sd": float(gp.log_gain_spread(act, q_star, sigma_w2, sigma_b2, depth, width)[-1]),
         "twin": {
             "label": twin.label(),
             "nets": int(nets),
@@ -120,12 +127,9 @@ def recommend(
     }
 
 
-def correlation_gap(act, q_star, sigma_w2, sigma_b2, depth, c0=0.5) -> float:
-    """1 - c^depth with c^0 = c0 and c^{l+1} = R(c^l) = ``gp.correlation_map`` at q*."""
-    c = c0
-    for _ in range(depth):
-        c = float(gp.correlation_map(act, c, q_star, sigma_w2, sigma_b2))
-    return 1.0 - c
+def _input_signal(act, q_star, sigma_w2, sigma_b2, depth) -> float:
+    """1 - c^depth from c^0 = 1/2 (``gp.correlation_gaps``)."""
+    return float(gp.correlation_gaps(act, q_star, sigma_w2, sigma_b2, 0.5, depth)[-1])
 
 
 def _check(family, sparsity, depth, width, q_star, nets, seed):
@@ -159,6 +163,9 @@ def render(r: dict) -> str:
         f"(1/N theory at layer {r['depth']})",
         f"  input signal       1 - c^L = {r['corr_gap']:.2g} (ReLU: {r['corr_gap_relu']:.2g})   "
         f"(GP correlation of two inputs at layer {r['depth']} from 1/2)",
+        f"  gradient spread    Jacobian L r = {r['jacobian_spread']:.3g} (ReLU: "
+        f"{r['jacobian_spread_relu']:.3g}); sd of the log gain {r['log_gain_sd']:.2g} at width "
+        f"{r['width']}",
         f"  unclipped twin     {twin['label']}: {twin['escaped_fraction']:.0%} of {twin['nets']} "
         f"Monte Carlo nets leave [q*/10, 10 q*] by layer {r['depth']}; median escape layer {median}",
         "  initialiser        from simulate.activations import Activation",

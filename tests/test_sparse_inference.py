@@ -58,7 +58,7 @@ def test_integer_network_is_computed_exactly_by_every_path(act):
     x = rng.integers(-2, 3, (5, widths[0])).astype(np.float32)
     net = infer.prepare(act, weights, biases)
     expected, zeros, union = reference(act, weights, biases, x)
-    assert 0.3 < zeros.mean() < 0.9 and np.all(union < 1.0)
+    assert 0.3 < zeros.mean() < 0.9 and np.any(union < 1.0)  # (2) gathers, in some layer
     np.testing.assert_array_equal(infer.dense_forward(net, x), expected)
     for threads, method in SETTINGS:
         got = infer.sparse_forward(net, x, threads=threads, method=method)

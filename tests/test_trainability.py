@@ -111,6 +111,7 @@ def test_rank_correlations_over_all_and_on_the_edge(tables):
     assert set(rho["configurations"]) == {"all", "EoC"}
 
 
+@pytest.mark.slow
 def test_report_end_to_end(study, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
@@ -124,6 +125,7 @@ def test_report_end_to_end(study, tmp_path):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_a_study_without_the_baseline_is_one_line(study, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "analysis.trainability", str(study[1]), "--out", str(tmp_path)],
