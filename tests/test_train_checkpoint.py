@@ -122,15 +122,20 @@ def test_relu_cannot_be_chaotic_at_a_fixed_point():
 # End to end, through the command lines
 
 
-def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:
-    """kill -9 of ``proc``'s process group as soon as ``ready()``."""
+def _kill_mid_run(proc: subprocess.Popen, path: Path) -> int:
+    """As soon as the run has saved a checkpoint at ``path``: stop its process group (SIGSTOP),
+    read the last saved epoch, then kill -9 it. Returns that epoch (the run may have gone on
+    measuring later epochs before the stop; it is killed before it can finish)."""
     deadline = time.monotonic() + 300
-    while not ready():
-        assert proc.poll() is None, f"the run ended before {what}"
+    while checkpoint.epoch_of(path) is None:
+        assert proc.poll() is None, "the run ended before it saved a checkpoint"
         assert time.monotonic() < deadline
-        time.sleep(0.02)
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGSTOP)
+    saved = checkpoint.epoch_of(path)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
+    return saved
 
 
 def _python(*args) -> list[str]:
@@ -138,8 +143,8 @@ def _python(*args) -> list[str]:
 
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-ONE_RUN = ["--depth", 3, "--width", 16, "--epochs", 5, "--lr", 3e-3, "--batch-size", 64,
-           "--train-size", 320, "--test-size", 96, "--seed", 2]  # fmt: skip
+ONE_RUN = ["--depth", 3, "--width", 16, "--epochs", 40, "--lr", 3e-3, "--batch-size", 64,
+           "--test-size", 96, "--seed", 2]  # fmt: skip
 
 
 def _epoch_lines(text: str) -> list[str]:
@@ -149,8 +154,9 @@ def _epoch_lines(text: str) -> list[str]:
 
 @pytest.mark.slow
 def test_the_one_run_command_killed_mid_run_resumes_with_the_same_numbers(tmp_path):
-    """``python -m simulate.train.run ... --checkpoint F``: kill -9 once epoch 2 is printed, then
-    the same command prints epochs 3.. and its lines equal an uninterrupted run's, and F is gone."""
+    """``python -m simulate.train.run ... --checkpoint F`` (40 epochs): kill -9 once it has saved an
+    epoch e, then the same command prints epochs e + 1.. and every line equals an uninterrupted
+    run's; F is gone at the end."""
     cmd = _python("simulate.train.run", *ONE_RUN)
     whole = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, check=True)
     path, log = tmp_path / "run.npz", tmp_path / "first.log"
@@ -158,20 +164,21 @@ def test_the_one_run_command_killed_mid_run_resumes_with_the_same_numbers(tmp_pa
         proc = subprocess.Popen(
             [*cmd, "--checkpoint", str(path)], env=ENV, stdout=out, start_new_session=True
         )
-        _kill_when(proc, lambda: checkpoint.epoch_of(path) == 2, "epoch 2 was saved")
+        saved = _kill_mid_run(proc, path)
     second = subprocess.run(
         [*cmd, "--checkpoint", str(path)], env=ENV, capture_output=True, text=True, timeout=300
     )
     assert second.returncode == 0, second.stderr
-    first = _epoch_lines(log.read_text())
-    assert first[:3] == _epoch_lines(whole.stdout)[:3]
-    assert _epoch_lines(second.stdout) == _epoch_lines(whole.stdout)[3:]
+    expected = _epoch_lines(whole.stdout)
+    assert len(expected) == 41 and saved < 40
+    assert _epoch_lines(log.read_text())[: saved + 1] == expected[: saved + 1]
+    assert _epoch_lines(second.stdout) == expected[saved + 1 :]
     assert not path.exists()
 
 
 SWEEP = ["--experiment", "train", "--family", "crelu", "--sparsity", "0.85", "--clip", "1",
-         "--chi1", "0.9,1.2", "--width", "16", "--depth", "3", "--epochs", "4", "--lr", "3e-3",
-         "--train-size", "320", "--test-size", "96", "--batch-size", "64", "--probe-size", "32",
+         "--chi1", "0.9,1.2", "--width", "16", "--depth", "3", "--epochs", "30", "--lr", "3e-3",
+         "--test-size", "96", "--batch-size", "64", "--probe-size", "32",
          "--run-seed", "0", "--seed", "4", "--n-jobs", "1"]  # fmt: skip
 
 
@@ -184,8 +191,8 @@ def _load(path: Path) -> xr.Dataset:
 
 @pytest.mark.slow
 def test_a_training_sweep_killed_mid_run_resumes_to_the_uninterrupted_store(tmp_path):
-    """Two runs (chi_1 = 0.9 and 1.2) of 4 epochs: kill -9 of the sweep once the first run has
-    saved epoch 2, then the same command: the store equals an uninterrupted sweep's, its variances
+    """Two runs (chi_1 = 0.9 and 1.2) of 30 epochs: kill -9 of the sweep once the first run has
+    saved an epoch, then the same command: the store equals an uninterrupted sweep's, its variances
     are the chi_1 ones, and the checkpoints are gone."""
     ref = tmp_path / "ref.zarr"
     subprocess.run(_python("simulate.grid", *SWEEP, "--out", ref), env=ENV, check=True,
@@ -199,7 +206,7 @@ def test_a_training_sweep_killed_mid_run_resumes_to_the_uninterrupted_store(tmp_
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    _kill_when(proc, lambda: checkpoint.epoch_of(folder / "cell-0.npz") == 2, "epoch 2 was saved")
+    assert _kill_mid_run(proc, folder / "cell-0.npz") < 30
     assert not xr.open_zarr(out).cell_done.values.any()
     subprocess.run(_python("simulate.grid", *SWEEP, "--out", out), env=ENV, check=True,
                    capture_output=True, timeout=300)  # fmt: skip
