@@ -26,7 +26,7 @@ from simulate import gp
 from simulate.activations import Activation
 from simulate.train import checkpoint
 from simulate.train.data import load_dataset
-from simulate.train.run import train_network
+from simulate.train.run import load_params, train_network
 
 REPO = Path(__file__).resolve().parents[1]
 ACT = Activation.from_sparsity("crelu", 0.85, 1.0, 1.0)
@@ -232,3 +232,19 @@ def test_an_infeasible_chi1_is_one_line_and_writes_nothing(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "chi1=1.1" in lines[0] and "negative bias variance" in lines[0]
     assert not out.exists()
+
+
+def test_saved_parameters_reproduce_the_final_test_accuracy(digits, tmp_path):
+    """The trained network saved in the initialiser's layout, run forward in numpy (float64), has
+    the run's final test accuracy: its predictions differ from the float32 JAX network's only on
+    near-ties, none among these 96 images."""
+    path = tmp_path / "net.npz"
+    result = train_network(ACT, 1.0, 3, 16, digits, **RUN, save_params=path)
+    weights, biases = load_params(path)
+    assert [w.shape for w in weights] == [(16, 64), (16, 16), (16, 16), (10, 16)]
+    a = digits.x_test.astype(float)
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        h = a @ w.T.astype(float) + b
+        a = ACT(h) if i < len(weights) - 1 else h
+    accuracy = np.mean(np.argmax(a, axis=1) == digits.y_test)
+    assert accuracy == pytest.approx(float(result["test_acc"][-1]), abs=1e-6)

@@ -4,7 +4,7 @@
         [--depth 100] [--width 300] [--dataset digits|fashion-mnist] [--data DIR] [--train-size N]
         [--test-size N] [--epochs 10] [--lr 1e-3] [--optimizer adam|sgd] [--schedule constant|cosine]
         [--warmup 0] [--batch-size 128] [--output-gain 1] [--seed 0] [--chi1 1]
-        [--checkpoint FILE] [--threads]
+        [--checkpoint FILE] [--save PARAMS.npz] [--threads]
 
 prints one line per epoch as it finishes (epoch 0 is the initialisation) and a summary. With
 ``--checkpoint FILE`` the run's state is saved after every epoch, and the same command, after a
@@ -65,6 +65,7 @@ def train_network(
     chi_1: float = 1.0,
     checkpoint: Path | None = None,
     on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    save_params: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Train a depth x width network of ``act`` initialised at the Edge of Chaos for ``q_star``
     (:func:`simulate.train.init.initialise`; with ``chi_1`` != 1, off it at the same q*) on
@@ -83,7 +84,9 @@ def train_network(
     ``checkpoint``: a file where the run's state is saved after every epoch
     (:mod:`simulate.train.checkpoint`); if it exists, the run resumes after its last saved epoch and
     returns exactly what an uninterrupted run returns. The file is left in place at the end (the
-    caller removes it once the results are safe).
+    caller removes it once the results are safe). ``save_params``: a ``.npz`` file for the trained
+    network, in the initialiser's layout (``w0`` .. ``wL`` (fan_out, fan_in) and ``b0`` .. ``bL``,
+    float32; :func:`load_params` reads it back).
 
     Float32 range: besides the initialiser's bounds (:mod:`simulate.train.init`), the probe's q^l
     is a float32 mean over ``probe_size`` x ``width`` squares of variance q*, summed first, so
@@ -184,7 +187,29 @@ def train_network(
                     out,
                 ),
             )
+    if save_params is not None:
+        weights, biases = _layers(params)
+        np.savez(
+            save_params,
+            **{f"w{i}": w for i, w in enumerate(weights)},
+            **{f"b{i}": b for i, b in enumerate(biases)},
+        )
     return out
+
+
+def _layers(params: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The JAX pytree of :mod:`simulate.train.model` as per-layer numpy arrays, input to output."""
+    hidden = np.asarray(params["w_hidden"]), np.asarray(params["b_hidden"])
+    weights = [np.asarray(params["w_in"]), *hidden[0], np.asarray(params["w_out"])]
+    biases = [np.asarray(params["b_in"]), *hidden[1], np.asarray(params["b_out"])]
+    return weights, biases
+
+
+def load_params(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(weights, biases) of a network saved by ``train_network(save_params=...)``."""
+    with np.load(path) as f:
+        n = sum(1 for k in f.files if k.startswith("w"))
+        return [f[f"w{i}"] for i in range(n)], [f[f"b{i}"] for i in range(n)]
 
 
 def _describe_run(
@@ -282,6 +307,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="file for the run's state after each epoch; the same command resumes from it",
     )
+    p.add_argument(
+        "--save", type=Path, default=None, help="file (.npz) for the trained weights and biases"
+    )
     p.add_argument("--threads", action="store_true", help="let XLA use every core")
     return p
 
@@ -333,7 +361,7 @@ def main(argv=None) -> int:
         )
         res = train_network(
             act, args.q_star, args.depth, args.width, data, **kwargs,
-            checkpoint=args.checkpoint, on_epoch=report,
+            checkpoint=args.checkpoint, on_epoch=report, save_params=args.save,
         )  # fmt: skip
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
