@@ -280,8 +280,13 @@ def fig_predictors(link: pd.DataFrame, out: Path) -> Path:
         ok = np.isfinite(x) & np.isfinite(y)
         rho = stats.spearmanr(x[ok], y[ok])[0] if ok.sum() >= 3 else math.nan
         ax.set_title(f"{PREDICTORS[column]}\nSpearman rho = {rho:.2f} (n = {ok.sum()})", fontsize=9)
-        if column in ("gp_corr_gap", "jacobian_spread"):
+        if column == "gp_corr_gap":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if column == "jacobian_spread":
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(PREDICTOR_UNITS[column])
     axes[0].set_ylabel("final test accuracy")
