@@ -26,6 +26,10 @@ For the named family at GP sparsity s and variance fixed point q* it reports:
 - the spread of the gradients: the normalised variance L r of the squared singular values of the
   input-output Jacobian at infinite width (``gp.jacobian_spread``; ReLU: 2 L), and the sd of the
   log gain of a forward tangent through the L layers at that width (``gp.log_gain_spread``);
+- whether such a network is expected to train (:func:`trainability`): the Jacobian spread L r
+  against the spreads at which the trainability study's networks trained or failed
+  (``TRAINS_SPREAD``, ``FAILS_SPREAD``), and what would bring it inside: the deepest network of this
+  activation, and the highest sparsity (at its own recommended m) that trains at this depth;
 - the unclipped twin (same tau, m = inf: ReLU_tau or ST_tau) in a quick Monte Carlo of that exact
   architecture (``simulate.engines.run_cell``, ``--nets`` networks, default pair of inputs at q*): the
   fraction whose q leaves [q*/10, 10 q*] by the last layer and the median escape layer (networks that
@@ -63,7 +67,7 @@ def recommend(
     """The recommendation (module docstring) as a dict of plain numbers and strings, with keys
     family, sparsity, q_star, depth, width, tau, clip_window, m, gradient_fraction, sigma_w2,
     sigma_b2, v_slope, xi_q, q_sd_rel, q_shift_rel, corr_gap, corr_gap_relu, jacobian_spread,
-    jacobian_spread_relu, log_gain_sd, twin (label, nets, escaped_fraction,
+    jacobian_spread_relu, log_gain_sd, trainability (:func:`trainability`), twin (label, nets, escaped_fraction,
     median_escape_layer: None when beyond ``depth``), initialiser."""
     _check(family, sparsity, depth, width, q_star, nets, seed)
     m_lo = gp.min_gradient_clip(family, sparsity, q_star)
@@ -112,6 +116,9 @@ def recommend(
             relu, q_star, float(relu_eoc.sigma_w2), float(relu_eoc.sigma_b2), depth
         ),
         "jacobian_spread": float(gp.jacobian_spread(act, q_star, depth)),
+        "trainability": trainability(
+            family, sparsity, depth, q_star, float(gp.slope_kurtosis(act, q_star))
+        ),
         "jacobian_spread_relu": float(gp.jacobian_spread(relu, q_star, depth)),
         "log_gain_sd": float(gp.log_gain_spread(act, q_star, sigma_w2, sigma_b2, depth, width)[-1]),
         "twin": {
@@ -124,6 +131,48 @@ def recommend(
             f"initialise(Activation({family!r}, {float(act.tau)!r}, {m!r}), q_star={float(q_star)!r}, "
             f"widths=[d_in] + [{width}] * {depth} + [n_out])"
         ),
+    }
+
+
+TRAINS_SPREAD = 248.0
+"""The largest Jacobian spread L r at which a sparse network of the trainability study trained to
+within 2 points of the ReLU baseline's best (CReLU s = 0.85, m = 0.86, L = 30, chi_1 = 0.9: 0.827
+against 0.836; results/trainability/report.md: Fashion-MNIST, 10,000 images, 20 epochs, one seed)."""
+
+FAILS_SPREAD = 413.0
+"""The smallest spread at which one fell more than 10 points short (the same CReLU at L = 50: 0.70 at
+chi_1 = 0.9 and 1). Between the two the study has no verdict yet."""
+
+SPARSITIES = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
+"""The sparsities searched for the highest that trains at the user's depth."""
+
+
+def trainability(family: str, sparsity: float, depth: int, q_star: float, r: float) -> dict:
+    """The verdict for slope kurtosis ``r`` at ``depth`` (module docstring): "expected to train"
+    (L r <= TRAINS_SPREAD), "not expected to train" (L r >= FAILS_SPREAD) or "uncertain"; the
+    deepest network expected to train, floor(TRAINS_SPREAD / r); and the highest sparsity of
+    :data:`SPARSITIES` whose recommended m gives L r <= TRAINS_SPREAD (None: not even 0.5)."""
+    spread = depth * r
+    if spread <= TRAINS_SPREAD:
+        verdict = "expected to train"
+    elif spread >= FAILS_SPREAD:
+        verdict = "not expected to train"
+    else:
+        verdict = "uncertain"
+    best = None
+    for s in SPARSITIES:
+        m = math.sqrt(
+            gp.min_gradient_clip(family, s, q_star) * gp.max_stable_clip(family, s, q_star)
+        )
+        act = Activation.from_sparsity(family, s, q_star, m)
+        if depth * float(gp.slope_kurtosis(act, q_star)) <= TRAINS_SPREAD:
+            best = float(s)
+    return {
+        "verdict": verdict,
+        "jacobian_spread": spread,
+        "max_depth": math.floor(TRAINS_SPREAD / r),
+        "max_sparsity": best,
+        "evidence": "results/trainability/report.md (provisional: one seed, a partial map)",
     }
 
 
@@ -147,6 +196,8 @@ def render(r: dict) -> str:
     twin = r["twin"]
     median = twin["median_escape_layer"]
     median = f"> {r['depth']}" if median is None else str(median)
+    t = r["trainability"]
+    max_s = "none of 0.5 to 0.95" if t["max_sparsity"] is None else f"{t['max_sparsity']:g}"
     rows = [
         f"{r['family']} at sparsity {r['sparsity']:g}, q* = {r['q_star']:g}, "
         f"depth {r['depth']}, width {r['width']}",
@@ -166,6 +217,10 @@ def render(r: dict) -> str:
         f"  gradient spread    Jacobian L r = {r['jacobian_spread']:.3g} (ReLU: "
         f"{r['jacobian_spread_relu']:.3g}); sd of the log gain {r['log_gain_sd']:.2g} at width "
         f"{r['width']}",
+        f"  trains?            {t['verdict']}: L r = {t['jacobian_spread']:.3g} against "
+        f"{TRAINS_SPREAD:g} (trained) and {FAILS_SPREAD:g} (failed) in {t['evidence']}",
+        f"                     this activation is expected to train to depth {t['max_depth']}; "
+        f"at depth {r['depth']}: sparsity <= {max_s}",
         f"  unclipped twin     {twin['label']}: {twin['escaped_fraction']:.0%} of {twin['nets']} "
         f"Monte Carlo nets leave [q*/10, 10 q*] by layer {r['depth']}; median escape layer {median}",
         "  initialiser        from simulate.activations import Activation",

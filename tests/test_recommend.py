@@ -116,3 +116,22 @@ def test_input_signal_against_the_arc_cosine_kernel(crelu_json):
         c = (math.sqrt(1 - c * c) + (math.pi - math.acos(c)) * c) / math.pi
     assert crelu_json["corr_gap_relu"] == pytest.approx(1 - c, rel=1e-6)
     assert 0 < crelu_json["corr_gap"] < crelu_json["corr_gap_relu"]
+
+
+def test_the_trainability_verdict_follows_the_jacobian_spread(crelu_json):
+    """CReLU s = 0.85 at the recommended m: r = 1 / p with p = Phi(b) - Phi(a), the fraction of
+    units on the sloped piece (normal probabilities, not the gp closed forms). At depth 100,
+    L r = 100 / p is above FAILS_SPREAD: not expected to train; the deepest expected to train is
+    floor(TRAINS_SPREAD p); a depth of half that is expected to train."""
+    from scipy import stats
+
+    from simulate.recommend import FAILS_SPREAD, TRAINS_SPREAD, trainability
+
+    r = crelu_json
+    p = stats.norm.cdf(r["tau"] + r["m"]) - stats.norm.cdf(r["tau"])
+    t = r["trainability"]
+    assert t["jacobian_spread"] == pytest.approx(100 / p, rel=1e-9)
+    assert 100 / p >= FAILS_SPREAD and t["verdict"] == "not expected to train"
+    assert t["max_depth"] == math.floor(TRAINS_SPREAD * p)
+    shallow = trainability("crelu", 0.85, t["max_depth"] // 2, 1.0, 1 / p)
+    assert shallow["verdict"] == "expected to train" and shallow["max_sparsity"] >= 0.85
