@@ -15,8 +15,8 @@ so (1) is the dense sum itself; only the order of the float32 additions differs.
 
 Layout. The columns W[:, j] of (1) are the rows of W^T, so :func:`prepare` lays the weights out once,
 transposed, in one contiguous float32 buffer: W^T[j, :] is a contiguous row, read at full memory
-bandwidth. The dense pass reads the same buffer (a @ W^T; this layout is also the faster one for
-numpy's BLAS, about 1.4x for a batch in OpenBLAS 0.3.31).
+bandwidth. The dense pass reads the same buffer (a @ W^T), a layout as fast as W a or faster for
+numpy's BLAS (OpenBLAS 0.3.31: 1.0 to 1.15x for one input, 1.05 to 1.35x for a batch of 64).
 
 Sparse pass (:func:`sparse_forward`), two regimes:
 
@@ -30,11 +30,15 @@ Sparse pass (:func:`sparse_forward`), two regimes:
 
       h_r = b + (a[:, U] @ W^T[U, :])_r                                                        (2)
 
-  is one BLAS product on the gathered rows: |U| / n of the dense work, at BLAS speed. When the
-  inputs are less alike, |U| grows towards n while each input's own count does not, and it is
-  cheaper to apply (1) to each input (the one-input kernel, row by row, about UNION_RATIO times
-  slower per multiply-add than BLAS): ``method="auto"`` takes (2) for a layer when
-  B |U| <= UNION_RATIO sum_r k_r, k_r the count of input r, and (1) otherwise.
+  is one BLAS product (sgemm) on the gathered rows: |U| / n of the dense work, at BLAS speed. When
+  the inputs are less alike, |U| grows towards n while each input's own count k_r does not, and it
+  is cheaper to apply (1) to each input (the one-input kernel, row by row: sum_r k_r n
+  multiply-adds, each 2 to 3 times slower than BLAS's): ``method="auto"`` takes (2) for a layer
+  when B |U| <= UNION_RATIO sum_r k_r, and (1) otherwise. The layers are a Python loop over
+  Numba kernels and numpy's matmul (the BLAS of the dense pass). With several threads the batch is
+  cut into parts, one per thread, each passed through the whole network with its own union and
+  one BLAS thread: no synchronisation between layers, where a multi-threaded BLAS product on the
+  small operands of (2) gains little.
 
 Rounding: the sparse and dense passes compute the same sums in different orders, so they agree to
 float32 rounding (about sqrt(n) unit roundoffs per layer, relative to the pre-activation's scale);
@@ -46,19 +50,25 @@ pre-activation across a break changes phi by no more than the difference.
 
 from __future__ import annotations
 
+import functools
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 from numba import njit, prange
+from threadpoolctl import ThreadpoolController
 
 from simulate.activations import Activation, phi
 
-UNION_RATIO = 2.5
-"""``method="auto"``: the batch path (2) is taken when B |U| <= UNION_RATIO sum_r k_r (module
-docstring); the ratio of BLAS's multiply-add rate to the row kernel's, on the development machine
-(``benchmarks/sparse_inference.py`` times both methods)."""
+UNION_RATIO = 4.0
+"""``method="auto"``: the batch path (2) is taken for a layer when B |U| <= UNION_RATIO sum_r k_r
+(module docstring). Measured on the development machine (AMD EPYC, OpenBLAS 0.3.31): per layer,
+with the weights in cache, (2) and (1) break even near B |U| = 2.7 sum_r k_r at widths 300 and
+1024 (2 to 2.6 at 4096); in a whole pass, where each layer's weights come from memory, (2) gains
+further and auto with 4 matches union at every sparsity (``benchmarks/sparse_inference.py``, the
+batch methods table)."""
 
 METHODS = ("auto", "union", "rows")
 LANE = 16
@@ -105,7 +115,7 @@ def prepare(act: Activation, weights, biases) -> Network:
     biases = [np.asarray(b) for b in biases]
     widths, w_offsets, b_offsets = [], [0], [0]
     for l, b in enumerate(biases):
-        if b.ndim != 1 or b.size < 1 or not np.issubdtype(b.dtype, np.number):
+        if b.ndim != 1 or b.size < 1 or not _real(b):
             raise ValueError(f"biases[{l}]: shape {b.shape}, must be a non-empty 1-D real array")
         b_offsets.append(b_offsets[-1] + b.size)
     if not biases:
@@ -127,7 +137,7 @@ def prepare(act: Activation, weights, biases) -> Network:
                 f"weights[{l}]: shape {wl.shape}, must be {expected} (fan_out = the size of "
                 f"biases[{l}], fan_in = the previous layer's fan_out; {len(biases)} layers)"
             )
-        if not np.issubdtype(wl.dtype, np.number) or not np.all(np.isfinite(wl)):
+        if not _real(wl) or not np.all(np.isfinite(wl)):
             raise ValueError(f"weights[{l}]: must be a finite real array")
         if not widths:
             widths.append(wl.shape[1])
@@ -173,10 +183,14 @@ def load_npz(path) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 def sparse_forward(net: Network, x, *, threads: int = 1, method: str = "auto") -> np.ndarray:
     """The logits of the sparse pass (module docstring, (1) and (2)), float32: (C,) for one input
-    x (d,), (B, C) for a batch x (B, d). One input (or B = 1) takes the one-input kernel; a batch
-    takes, per layer, (2) (``method="union"``), (1) row by row (``"rows"``), or the cheaper by the
-    rule B |U| <= UNION_RATIO sum_r k_r (``"auto"``). ``threads``: Numba threads of the row kernel;
-    the BLAS products of (2) use the BLAS library's own setting (``threadpoolctl``)."""
+    x (d,), (B, C) for a batch x (B, d).
+
+    One input (or B = 1) takes the one-input kernel, its outputs shared among ``threads`` Numba
+    threads. A batch takes, per layer, (2) (``method="union"``), (1) row by row (``"rows"``), or
+    the cheaper by the rule B |U| <= UNION_RATIO sum_r k_r (``"auto"``); with ``threads`` > 1 it is
+    cut into ``threads`` parts passed through the network at once, each on its own thread with its
+    own union. The BLAS products of (2) run on one BLAS thread each (threadpoolctl), whatever the
+    BLAS library's setting."""
     return _sparse(net, x, threads, method)[0]
 
 
@@ -193,17 +207,23 @@ def layer_activity(
     return zeros / (a.shape[0] * widths), union / widths
 
 
-def dense_forward(net: Network, x) -> np.ndarray:
+def dense_forward(net: Network, x, *, threads: int | None = None) -> np.ndarray:
     """The logits of the dense pass, float32, (C,) or (B, C) as :func:`sparse_forward`: per layer
     one numpy matmul (BLAS sgemv for one input, sgemm for a batch) on the same W^T buffer, then
-    phi(h + b) in place (one Numba call). BLAS threads: the library's setting."""
+    phi(h + b) in place (one Numba call). ``threads``: BLAS threads (threadpoolctl); None keeps the
+    BLAS library's setting."""
     a = _as_batch(net, x)
+    if threads is not None:
+        _check_threads(threads)
+        with _blas().limit(limits=threads, user_api="blas"):
+            return dense_forward(net, x)
     pieces = net.act.pieces.kernel
-    buffers = _Buffers(a.shape[0], max(net.widths))
+    batch = a.shape[0]
+    buffers = np.empty((2, batch * max(net.widths)), np.float32)  # the layers' outputs, alternately
     for l in range(net.n_layers):
         wt, b = net.layer(l)
-        h = buffers.out(l, wt.shape[1])
-        if a.shape[0] == 1:
+        h = buffers[l % 2, : batch * wt.shape[1]].reshape(batch, wt.shape[1])
+        if batch == 1:
             np.matmul(a[0], wt, out=h[0])
         else:
             np.matmul(a, wt, out=h)
@@ -215,23 +235,21 @@ def dense_forward(net: Network, x) -> np.ndarray:
     return a[0].copy() if np.ndim(x) == 1 else a.copy()
 
 
-class _Buffers:
-    """Scratch arrays of a batch pass, allocated once (a fresh large array per layer costs page
-    faults): each layer's output alternates between two buffers; a_u and wt_u hold the gathered
-    operands of (2)."""
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The BLAS libraries loaded (numpy's among them), found once."""
+    return ThreadpoolController()
 
-    def __init__(self, batch: int, n_max: int):
-        self.batch = batch
-        self.h = np.empty((2, batch * n_max), np.float32)
-        self.a_u = np.empty(batch * n_max, np.float32)
-        self.wt_u = np.empty(n_max * n_max, np.float32)
 
-    def out(self, l: int, n: int) -> np.ndarray:
-        return self.h[l % 2, : self.batch * n].reshape(self.batch, n)
+def _check_threads(threads) -> None:
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= limit:
+        raise ValueError(f"threads={threads!r}: must be an integer in [1, {limit}]")
 
-    def gathered(self, k: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-        a_u = self.a_u[: self.batch * k].reshape(self.batch, k)
-        return a_u, self.wt_u[: k * n_out].reshape(k, n_out)
+
+def _real(arr: np.ndarray) -> bool:
+    """Integer or floating-point entries."""
+    return arr.dtype.kind in "iuf"
 
 
 def _as_batch(net: Network, x) -> np.ndarray:
@@ -242,90 +260,87 @@ def _as_batch(net: Network, x) -> np.ndarray:
     d = net.widths[0]
     if arr.ndim not in (1, 2) or arr.shape[-1] != d or arr.size == 0:
         raise ValueError(f"x: shape {arr.shape}, must be ({d},) or (B, {d}) with B >= 1")
-    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+    if not _real(arr) or not np.all(np.isfinite(arr)):
         raise ValueError("x: must be a finite real array")
     return np.ascontiguousarray(arr.reshape(-1, d), dtype=np.float32)
 
 
-def _slices(n: int, threads: int) -> np.ndarray:
-    """[lo, hi) of ``threads`` near-equal slices of range(n), cut at multiples of LANE, (S, 2)."""
-    cuts = [min(n, -(-n * i // (threads * LANE)) * LANE) for i in range(threads + 1)]
-    return np.array([c for c in itertools.pairwise(cuts) if c[0] < c[1]], np.int64)
-
-
-def _sparse(net: Network, x, threads, method) -> tuple[np.ndarray, np.ndarray]:
+def _sparse(net: Network, x, threads, method) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(logits, zeros and union size per hidden layer) of the sparse pass, after validation."""
     a = _as_batch(net, x)
     if method not in METHODS:
         raise ValueError(f"method={method!r}: must be one of {', '.join(METHODS)}")
-    limit = numba.config.NUMBA_NUM_THREADS
-    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= limit:
-        raise ValueError(f"threads={threads!r}: must be an integer in [1, {limit}]")
-    previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
-    try:
-        if a.shape[0] == 1:
-            out, zeros = _one_input(net, a, threads)
-            union = np.asarray(net.widths[1:-1]) - zeros
-        else:
-            out, zeros, union = _batch(net, a, method)
-    finally:
-        numba.set_num_threads(previous)
+    _check_threads(threads)
+    if a.shape[0] == 1:
+        out, zeros = _one_input(net, a, threads)
+        union = np.asarray(net.widths[1:-1]) - zeros
+    else:
+        out = np.empty((a.shape[0], net.widths[-1]), np.float32)
+        bounds = np.linspace(0, a.shape[0], min(threads, a.shape[0]) + 1).astype(int)
+        parts = [(a[i:j], out[i:j]) for i, j in itertools.pairwise(bounds)]
+        with _blas().limit(limits=1, user_api="blas"):
+            if len(parts) == 1:
+                done = [_batch(net, *parts[0], method)]
+            else:
+                with ThreadPoolExecutor(len(parts)) as pool:
+                    done = list(pool.map(lambda part: _batch(net, *part, method), parts))
+        zeros = sum(d[0] for d in done)
+        union = np.logical_or.reduce([d[1] for d in done]).sum(axis=1)
     return (out[0] if np.ndim(x) == 1 else out), zeros, union
 
 
 def _one_input(net: Network, a, threads):
+    """The one-input kernel on a (1, d), with ``threads`` Numba threads."""
     widths = np.asarray(net.widths, np.int64)
-    slices = np.zeros((net.n_layers, threads, 2), np.int64)
-    for l, n in enumerate(net.widths[1:]):
-        s = _slices(n, threads)
-        slices[l, : len(s)] = s  # fewer slices than threads (narrow layer): the rest are empty
     h = np.empty(max(net.widths), np.float32)
     zeros = np.zeros(net.n_layers - 1, np.int64)
-    _one_input_kernel(
-        a, net.w, net.w_offsets, net.b, net.b_offsets, widths, net.act.pieces.kernel,
-        slices, threads > 1, h, zeros,
-    )  # fmt: skip
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        _one_input_kernel(
+            a, net.w, net.w_offsets, net.b, net.b_offsets, widths, net.act.pieces.kernel,
+            threads, h, zeros,
+        )  # fmt: skip
+    finally:
+        numba.set_num_threads(previous)
     return h[None, : net.widths[-1]].copy(), zeros
 
 
-def _batch(net: Network, a, method):
+def _batch(net: Network, a, out, method):
+    """The batch a (B, d) through the network on this thread, the logits into out (B, C):
+    returns the zeros per hidden layer and the (L, max width) masks of the hidden layers' unions."""
     batch, n_max = a.shape[0], max(net.widths)
-    threads = numba.get_num_threads()
     pieces = net.act.pieces.kernel
     union = np.empty(n_max, np.int64)
+    seen = np.zeros((net.n_layers, n_max), np.bool_)
     idx = np.empty((batch, n_max), np.int64)
     val = np.empty((batch, n_max), np.float32)
     count = np.empty(batch, np.int64)
     zeros = np.zeros(net.n_layers - 1, np.int64)
-    unions = np.zeros(net.n_layers - 1, np.int64)
-    buffers = _Buffers(batch, n_max)
+    buffers = np.empty((2, batch * n_max), np.float32)  # the layers' outputs, alternately
+    a_u = np.empty(batch * n_max, np.float32)  # the gathered operands of (2)
+    wt_u = np.empty(n_max * n_max, np.float32)
     for l in range(net.n_layers):
         wt, b = net.layer(l)
         n_in, n_out = wt.shape
-        h = buffers.out(l, n_out)
-        k, nnz = _union(a, union)
-        if l > 0:
-            unions[l - 1] = k
-        if method == "union" or (method == "auto" and batch * k <= UNION_RATIO * nnz):
-            if k == n_in:
-                np.matmul(a, wt, out=h)
-            else:
-                a_u, wt_u = buffers.gathered(k, n_out)
-                _gather(a, wt, union[:k], a_u, wt_u)
-                np.matmul(a_u, wt_u, out=h)
-        else:
+        h = buffers[l % 2, : batch * n_out].reshape(batch, n_out)
+        k, nnz = _union(a, union, seen[l])
+        if method == "rows" or (method == "auto" and batch * k > UNION_RATIO * nnz):
             _compress(a, idx, val, count)
-            if threads > 1:
-                _rows_parallel(wt, idx, val, count, h, _slices(n_out, threads))
-            else:
-                _rows_serial(wt, idx, val, count, h, _slices(n_out, 1))
+            _rows_serial(wt, idx, val, count, h)
+        elif k == n_in:
+            np.matmul(a, wt, out=h)
+        else:
+            a_k = a_u[: batch * k].reshape(batch, k)
+            wt_k = wt_u[: k * n_out].reshape(k, n_out)
+            _gather(a, wt, union[:k], a_k, wt_k)
+            np.matmul(a_k, wt_k, out=h)
         if l < net.n_layers - 1:
             zeros[l] = _activate(h, b, *pieces)
         else:
-            h += b
+            np.add(h, b, out=out)
         a = h
-    return a.copy(), zeros, unions
+    return zeros, seen[1:]
 
 
 # --- kernels -------------------------------------------------------------------------------------
@@ -357,11 +372,10 @@ def _compress(a, idx, val, count):
 
 
 @njit(cache=True, nogil=True)
-def _union(a, union):
-    """U = {j : a[r, j] != 0 for some row r} of a (B, n), ascending into union[:|U|]; returns |U|
-    and the total count of non-zero entries."""
+def _union(a, union, seen):
+    """U = {j : a[r, j] != 0 for some row r} of a (B, n), ascending into union[:|U|] and as the
+    mask seen[:n] (all False on entry); returns |U| and the total count of non-zero entries."""
     n = a.shape[1]
-    seen = np.zeros(n, np.bool_)
     nnz = 0
     for r in range(a.shape[0]):
         for j in range(n):
@@ -402,6 +416,8 @@ def _add_rows(wt, idx, val, count, h, lo, hi):
     """h[r, lo:hi] = sum_{t < count[r]} val[r, t] wt[idx[r, t], lo:hi] for every row r of h, eight
     terms per pass over h[r, lo:hi] (the remainder one by one)."""
     m = hi - lo
+    if m <= 0:
+        return
     for r in range(h.shape[0]):
         out = h[r, lo:hi]
         out[:] = 0.0
@@ -426,24 +442,27 @@ def _add_rows(wt, idx, val, count, h, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def _rows_serial(wt, idx, val, count, h, slices):
-    """(1) without the bias, for every row of h, one output slice (``slices`` (S, 2)) after another."""
-    for s in range(slices.shape[0]):
-        _add_rows(wt, idx, val, count, h, slices[s, 0], slices[s, 1])
+def _rows_serial(wt, idx, val, count, h):
+    """(1) without the bias, for every row of h."""
+    _add_rows(wt, idx, val, count, h, 0, h.shape[1])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _rows_parallel(wt, idx, val, count, h, slices):
-    """(1) without the bias, for every row of h, the output slices shared among Numba's threads."""
-    for s in prange(slices.shape[0]):
-        _add_rows(wt, idx, val, count, h, slices[s, 0], slices[s, 1])
+def _rows_parallel(wt, idx, val, count, h, threads):
+    """(1) without the bias, for every row of h, the outputs cut into ``threads`` slices of
+    near-equal length (multiples of LANE; fewer when h is narrow), one per Numba thread."""
+    n = h.shape[1]
+    for s in prange(threads):
+        lo = min(n, -(-n * s // (threads * LANE)) * LANE)
+        hi = min(n, -(-n * (s + 1) // (threads * LANE)) * LANE)
+        _add_rows(wt, idx, val, count, h, lo, hi)
 
 
 @njit(cache=True, nogil=True)
-def _one_input_kernel(x, w, w_offsets, b, b_offsets, widths, pieces, slices, parallel, h, zeros):
-    """The sparse pass of one input x (1, d) through every layer: the logits into h[:C], the
-    number of exact zeros of each hidden layer into zeros (L,); each layer's output slices in
-    ``slices`` (L+1, S, 2); h (max width,) is scratch."""
+def _one_input_kernel(x, w, w_offsets, b, b_offsets, widths, pieces, threads, h, zeros):
+    """The sparse pass of one input x (1, d) through every layer, with ``threads`` threads: the
+    logits into h[:C], the number of exact zeros of each hidden layer into zeros (L,); h (max
+    width,) is scratch."""
     n_max = h.size
     idx = np.empty((1, n_max), np.int64)
     val = np.empty((1, n_max), np.float32)
@@ -455,10 +474,10 @@ def _one_input_kernel(x, w, w_offsets, b, b_offsets, widths, pieces, slices, par
         wt = w[w_offsets[l] : w_offsets[l + 1]].reshape((n_in, n_out))
         bl = b[b_offsets[l] : b_offsets[l + 1]]
         hl = h[:n_out].reshape((1, n_out))  # C-contiguous (a slice h[:, :n_out] is not)
-        if parallel:
-            _rows_parallel(wt, idx, val, count, hl, slices[l])
+        if threads > 1:
+            _rows_parallel(wt, idx, val, count, hl, threads)
         else:
-            _rows_serial(wt, idx, val, count, hl, slices[l])
+            _rows_serial(wt, idx, val, count, hl)
         if l < last:
             breaks, anchor_x, anchor_y, slope = pieces
             k = 0

@@ -24,9 +24,10 @@ import xarray as xr
 
 from simulate import gp
 from simulate.activations import Activation
+from simulate.infer import load_npz
 from simulate.train import checkpoint
 from simulate.train.data import load_dataset
-from simulate.train.run import load_params, train_network
+from simulate.train.run import train_network
 
 REPO = Path(__file__).resolve().parents[1]
 ACT = Activation.from_sparsity("crelu", 0.85, 1.0, 1.0)
@@ -240,7 +241,7 @@ def test_saved_parameters_reproduce_the_final_test_accuracy(digits, tmp_path):
     near-ties, none among these 96 images."""
     path = tmp_path / "net.npz"
     result = train_network(ACT, 1.0, 3, 16, digits, **RUN, save_params=path)
-    weights, biases = load_params(path)
+    weights, biases = load_npz(path)
     assert [w.shape for w in weights] == [(16, 64), (16, 16), (16, 16), (10, 16)]
     a = digits.x_test.astype(float)
     for i, (w, b) in enumerate(zip(weights, biases, strict=True)):

@@ -86,7 +86,7 @@ def train_network(
     returns exactly what an uninterrupted run returns. The file is left in place at the end (the
     caller removes it once the results are safe). ``save_params``: a ``.npz`` file for the trained
     network, in the initialiser's layout (``w0`` .. ``wL`` (fan_out, fan_in) and ``b0`` .. ``bL``,
-    float32; :func:`load_params` reads it back).
+    float32; ``simulate.infer.load_npz`` reads it back).
 
     Float32 range: besides the initialiser's bounds (:mod:`simulate.train.init`), the probe's q^l
     is a float32 mean over ``probe_size`` x ``width`` squares of variance q*, summed first, so
@@ -203,13 +203,6 @@ def _layers(params: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
     weights = [np.asarray(params["w_in"]), *hidden[0], np.asarray(params["w_out"])]
     biases = [np.asarray(params["b_in"]), *hidden[1], np.asarray(params["b_out"])]
     return weights, biases
-
-
-def load_params(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(weights, biases) of a network saved by ``train_network(save_params=...)``."""
-    with np.load(path) as f:
-        n = sum(1 for k in f.files if k.startswith("w"))
-        return [f[f"w{i}"] for i in range(n)], [f[f"b{i}"] for i in range(n)]
 
 
 def _describe_run(
