@@ -95,81 +95,46 @@ def main(argv: list[str] | None = None) -> int:
         _stop_on_sigterm()
         spec, run = parse(argv)
         images = _images(spec, run)
-        _check_writable(run)
-        try:
-            with store.lock(run.out):
-                n_todo = _sweep(spec, run, images)
-        except store.Busy as holder:
-            raise SpecError(
-                f"out={run.out}: another sweep is writing this store ({holder}); wait for it to "
-                "end, or stop it, then run this again"
-            ) from None
+        mode, found = _existing(spec, run, images)
+        done = found.intact if found is not None else np.zeros(spec.cell_shape, dtype=bool)
+        n_todo = int(done.size - np.count_nonzero(done))
+        # before resolve: a huge grid fails
+        _check_disk(spec, run, n_todo, mode != "resume")
+        params = resolve(spec)
+        chosen = _check_engine(spec, params)
+        _check_memory(spec, run, mode != "resume", images, chosen)
+        if mode == "resume" and not n_todo and not found.damaged:
+            print(f"simulate.grid: nothing to do: all {done.size} cells of {run.out} are done")
+            _next_steps(run.out)
+            return 0
+        with _parallel(run) as n_workers:
+            need = mode != "resume" or found.arrays  # the theory takes a while: only if needed
+            skeleton = _skeleton(spec, params, images) if need else None
+            if mode == "create":
+                store.create(run.out, skeleton, spec)
+                shutil.rmtree(checkpoint_folder(run.out), ignore_errors=True)  # another sweep's
+            elif mode == "rebuild":
+                store.rebuild(run.out, skeleton, spec)
+                found = store.Writer(run.out).inspect(schema.array_names(spec))
+            if found is not None and found.damaged:
+                _log(f"{run.out}: {found.describe()}: repairing (damaged cells are recomputed)")
+                store.Writer(run.out).repair(found, skeleton)
+            done = store.Writer(run.out).done()
+            n_todo = int(done.size - np.count_nonzero(done))
+            _execute(spec, run, params, done, n_workers, images, chosen)
     except SpecError as err:
         print(f"simulate.grid: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         _log("interrupted: finished cells are kept in the store; the same command resumes")
         return 130
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        _log(
-            f"out={run.out}: the disk is full ({err.strerror}); the finished cells are kept: "
-            "free some space, then run the same command to finish"
-        )
-        return 1
-    if n_todo is None:
-        _next_steps(run.out)
-        return 0
     elapsed = time.perf_counter() - started
+    writer = store.Writer(run.out)
+    writer.update_attrs({"wall_time_s": writer.attrs["wall_time_s"] + elapsed})
     _log(f"done: {n_todo} cells in {elapsed:.1f} s ({n_todo / max(elapsed, 1e-9):.2f} cells/s)")
     print(f"simulate.grid: wrote {run.out}")
     _next_steps(run.out)
     return 0
-
-
-def _sweep(spec: Spec | TrainSpec, run: Run, images: Images | None) -> int | None:
-    """The sweep, under the store's lock: the store found at ``run.out`` checked against the spec,
-    the resources planned and the numerics' versions compared (SpecError, nothing written), then
-    the store created, rebuilt or repaired and its missing cells run. Returns how many cells ran,
-    None when there was nothing to do."""
-    started = time.perf_counter()
-    mode, found = _existing(spec, run, images)
-    done = found.intact if found is not None else np.zeros(spec.cell_shape, dtype=bool)
-    n_todo = int(done.size - np.count_nonzero(done))
-    _check_disk(spec, run, n_todo, mode != "resume", images)  # before resolve: a huge grid fails
-    params = resolve(spec)
-    engine = _check_engine(spec, params)
-    _check_memory(spec, run, mode != "resume", images, engine)
-    skeleton = None
-    if mode == "rebuild":  # asked for (--repair); then inspected as any store
-        skeleton = _skeleton(spec, params, images)
-        store.rebuild(run.out, skeleton, spec)
-        mode, found = "resume", store.Writer(run.out).inspect(schema.array_names(spec))
-    version = _planned_versions(engine)
-    mixed = _check_versions(spec, run, found, version) if mode == "resume" else None
-    if mode == "resume" and found.intact.all() and not found.damaged:
-        print(f"simulate.grid: nothing to do: all {done.size} cells of {run.out} are done")
-        return None
-    with _parallel(run) as n_workers:
-        if skeleton is None and (mode == "create" or found.arrays):  # the theory takes a while
-            skeleton = _skeleton(spec, params, images)
-        if mode == "create":
-            store.create(run.out, skeleton, spec)
-            shutil.rmtree(checkpoint_folder(run.out), ignore_errors=True)  # another sweep's
-        store.clean(run.out)
-        writer = store.Writer(run.out)
-        writer.record_versions()
-        if found is not None and found.damaged:
-            _log(f"{run.out}: {found.describe()}: repairing (damaged cells are recomputed)")
-            writer.repair(found, skeleton)
-        if mixed:
-            writer.update_attrs({"mixed_versions": [*writer.attrs.get("mixed_versions", []), mixed]})
-        done = writer.done()
-        n_todo = int(done.size - np.count_nonzero(done))
-        _execute(spec, run, params, done, n_workers, images, engine, version)
-    writer.update_attrs({"wall_time_s": writer.attrs["wall_time_s"] + time.perf_counter() - started})
-    return n_todo
 
 
 def _existing(
@@ -234,11 +199,9 @@ def _execute(
     done: np.ndarray,
     n_workers: int,
     images: Images | None,
-    engine: np.ndarray,
-    version: np.ndarray,
+    chosen: dict[int, dict[str, int]],
 ) -> None:
-    """Run the cells not ``done`` in parallel tasks, writing the cells of each task to the store
-    as it arrives, with their ``version`` (:func:`_planned_versions`).
+    """Run the cells not ``done`` in parallel tasks, writing each cell to the store as it arrives.
 
     Cells, batches and tasks are generated lazily (joblib pre-dispatches two tasks per worker), so
     memory holds a few tasks' cells whatever the size of the grid."""
@@ -248,8 +211,7 @@ def _execute(
         work = f"{spec.epochs} epochs of {spec.dataset} ({images.n_train} images), {spec.optimizer}"
     else:
         inputs = f"{spec.inputs} inputs" + (f" ({spec.images} images)" if spec.images else "")
-        counts = Counter(engine[~done])
-        engines_used = ", ".join(f"{name} {n}" for name, n in counts.items())
+        engines_used = ", ".join(f"{name} {n}" for name, n in _engine_counts(chosen).items())
         work = (
             f"{spec.nets} nets, depth {spec.depth}, {inputs}, escape on {spec.escape_on}, "
             f"engine {spec.engine}: {engines_used} cells"
@@ -263,9 +225,6 @@ def _execute(
     batches = _batches(spec, todo, target, run.max_batch, images)
     training = spec.experiment == "train"
     folder = checkpoint_folder(run.out) if training else None
-    if training:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CHECKPOINTS_VERSION).write_text(str(version.flat[0]))
     tasks = (joblib.delayed(run_batch)(spec, batch, run.data, folder) for batch in batches)
     parallel = joblib.Parallel(n_jobs=run.n_jobs, return_as="generator_unordered", batch_size=1)
     progress = (
@@ -277,12 +236,13 @@ def _execute(
         # on Ctrl-C joblib warns that it cancelled the tasks in flight: that is the point
         warnings.filterwarnings("ignore", "tasks which were still being processed", UserWarning)
         for finished in results:
-            writer.write_cells([(cell.index, values, version[cell.index]) for cell, values in finished])
-            for cell, _ in finished if training else ():
-                checkpoint_file(folder, cell.flat).unlink(missing_ok=True)
+            for cell, values in finished:
+                writer.write(cell.index, values)
+                if training:
+                    checkpoint_file(folder, cell.flat).unlink(missing_ok=True)
             progress.update(len(finished))
-    if training and not any(folder.glob("cell-*.npz")):
-        shutil.rmtree(folder)
+    if training and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _epochs_in_flight(folder: Path) -> int:
@@ -614,20 +574,31 @@ def _todo_cost(
     return sum(_cost(spec, cell, images) for cell in cells(spec, params) if not done[cell.index])
 
 
-def _check_engine(spec: Spec | TrainSpec, params: Params) -> np.ndarray:
-    """The engine of every cell (its name, over the cell axes): SpecError unless the spec's engine
-    runs every activation of a Monte Carlo sweep at every width; ``train`` for a training run (a
-    network runs any piecewise-linear activation)."""
-    engine = np.full(spec.cell_shape, "train", dtype=object)
+def _check_engine(spec: Spec | TrainSpec, params: Params) -> dict[int, dict[str, int]]:
+    """SpecError unless the engine runs every activation of the sweep at every width (Monte Carlo
+    sweeps; a training network runs any piecewise-linear activation). Returns, per width, how many
+    parameter cells each engine runs (empty for training)."""
+    chosen: dict[int, dict[str, int]] = {}
     if spec.experiment != "init":
-        return engine
-    for index in np.ndindex(spec.param_shape):
-        for i, width in enumerate(spec.width):
+        return chosen
+    for width in spec.width:
+        counts = chosen.setdefault(width, {})
+        for index in np.ndindex(spec.param_shape):
             try:
-                engine[(*index, i)] = _cell_engine(spec, params.acts[index], width).name
+                name = _cell_engine(spec, params.acts[index], width).name
             except ValueError as err:
                 raise SpecError(str(err)) from None
-    return engine
+            counts[name] = counts.get(name, 0) + 1
+    return chosen
+
+
+def _engine_counts(chosen: dict[int, dict[str, int]]) -> dict[str, int]:
+    """Cells per engine over the whole sweep."""
+    total: dict[str, int] = {}
+    for counts in chosen.values():
+        for name, n in counts.items():
+            total[name] = total.get(name, 0) + n
+    return total
 
 
 def _batches(
@@ -665,34 +636,19 @@ def _skeleton(spec: Spec | TrainSpec, params: Params, images: Images | None) -> 
 # Resources and provenance
 
 
-def _check_writable(run: Run) -> None:
-    """SpecError unless ``run.out`` can be written: its nearest existing directory is writable
-    (and, for an existing store, its parent)."""
+def _check_disk(spec: Spec | TrainSpec, run: Run, n_todo: int, creating: bool) -> None:
+    """SpecError unless ``run.out`` is writable and its disk can hold the uncompressed size of the
+    new store, or of the cells left to write."""
+    need_disk = store.nbytes(spec) if creating else store.cell_nbytes(spec) * n_todo
     root = next(p for p in (run.out.absolute(), *run.out.absolute().parents) if p.exists())
     writable = root.is_dir() and os.access(root, os.W_OK)
     if not writable or (root == run.out.absolute() and not os.access(root.parent, os.W_OK)):
         raise SpecError(f"out={run.out}: {root} is not a writable directory; choose another --out")
-
-
-def _check_disk(
-    spec: Spec | TrainSpec, run: Run, n_todo: int, creating: bool, images: Images | None
-) -> None:
-    """SpecError unless the filesystem of ``run.out`` has the blocks and inodes for the new store,
-    or for the cells left to write (``store.disk_need``), and a training sweep's checkpoints: two
-    files per worker (the state and its next version), each the weights and the optimiser's two
-    moments in float32 at the largest network."""
-    root = next(p for p in (run.out.absolute(), *run.out.absolute().parents) if p.exists())
-    fs = os.statvfs(root)
-    need, files = store.disk_need(spec, n_todo, fs.f_frsize, creating)
-    if spec.experiment == "train":
-        workers = joblib.effective_n_jobs(run.n_jobs)
-        need += 2 * workers * 3 * 4 * _weights(max(spec.width), max(spec.depth), images)
-    free = fs.f_bavail * fs.f_frsize
-    if need > free or files > fs.f_favail:
+    free = shutil.disk_usage(root).free
+    if need_disk > free:
         raise SpecError(
-            f"out={run.out}: the store needs up to {_size(need)} in {files:,} files but its disk "
-            f"has {_size(free)} and {fs.f_favail:,} files free (shrink the grid, --nets or "
-            "--depth, or choose another --out)"
+            f"out={run.out}: the store needs up to {_size(need_disk)} but its disk has "
+            f"{_size(free)} free (shrink the grid, nets or depth, or choose another --out)"
         )
 
 
@@ -701,24 +657,22 @@ def _check_memory(
     run: Run,
     creating: bool,
     images: Images | None,
-    engine: np.ndarray,
+    chosen: dict[int, dict[str, int]],
 ) -> None:
-    """SpecError unless memory (:func:`_available_memory`) can hold the work in flight: the
-    per-parameter table (when creating) and three tasks per worker (joblib pre-dispatches two, one
-    is being written), each a cell's output and its stored copies and the working memory at the
-    largest width: the largest ``Engine.workspace`` of the cells' engines there, or
-    :func:`_train_workspace`. A Monte Carlo run's output is :func:`_engine_output` (float64, every
-    layer, whatever the store keeps), held twice (the engine's arrays and their dataset)."""
+    """SpecError unless memory can hold the work in flight: the per-parameter table (when creating)
+    and three tasks per worker (joblib pre-dispatches two, one is being written), each the engine's
+    float64 output and its stored copy (about four times a cell's stored bytes, more for a thinned
+    store: the engine's output has every layer) and the working memory at the largest width (the
+    largest ``Engine.workspace`` of the engines ``chosen`` there, or :func:`_train_workspace`)."""
     widest = max(spec.width)
     if spec.experiment == "train":
         workspace = _train_workspace(spec, widest, max(spec.depth), images)
         output = 4 * store.cell_nbytes(spec)
     else:
-        at_widest = engine[..., spec.width.index(widest)]
         workspace = max(
-            engines.ENGINES[name].workspace(widest, spec.inputs) for name in set(at_widest.flat)
+            engines.ENGINES[name].workspace(widest, spec.inputs) for name in chosen[widest]
         )
-        output = 2 * _engine_output(spec) + store.cell_nbytes(spec)
+        output = 4 * store.cell_nbytes(spec) * (spec.depth + 1) / max(len(spec.recorded_layers), 1)
     need_mem = 3 * joblib.effective_n_jobs(run.n_jobs) * (output + workspace)
     need_mem += store.param_nbytes(spec) if creating else 0
     available = _available_memory()
@@ -727,16 +681,6 @@ def _check_memory(
             f"width={widest}: the cells in flight need about {_size(need_mem)} of memory, "
             f"{_size(available)} is available (lower --n-jobs, --nets, --depth or --width)"
         )
-
-
-def _engine_output(spec: Spec) -> int:
-    """Bytes of an engine's output for one cell (``engines.Outputs``): every cell variable at every
-    layer 0..depth, in float64."""
-    lengths = {"net": spec.nets, "layer": spec.depth + 1, "input": spec.inputs}
-    lengths["pair"] = spec.inputs * (spec.inputs - 1) // 2
-    return sum(
-        8 * math.prod(lengths[d] for d in var.dims) for var in schema.CELL_VARIABLES.values()
-    )
 
 
 JAX_PROCESS_BYTES = 500e6
@@ -756,43 +700,15 @@ def _train_workspace(spec: TrainSpec, width: int, depth: int, images: Images) ->
 
 
 def _available_memory() -> int | None:
-    """The memory a sweep may take, in bytes: MemAvailable from /proc/meminfo, or less where this
-    process's control group (a container, a batch job) has a memory limit nearer its usage
-    (:func:`_cgroup_room`); None where neither can be read."""
-    room = list(_cgroup_room())
+    """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
     try:
         with open("/proc/meminfo") as f:
-            room += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return min(room, default=None)
-
-
-def _cgroup_room() -> Iterator[int]:
-    """Limit minus usage of this process's memory cgroup and of each one above it (cgroup v2:
-    ``memory.max`` and ``memory.current``; v1: ``memory.limit_in_bytes`` and
-    ``memory.usage_in_bytes``), where they can be read."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            base, files = Path("/sys/fs/cgroup"), ("memory.max", "memory.current")
-        elif "memory" in controllers.split(","):
-            base = Path("/sys/fs/cgroup/memory")
-            files = ("memory.limit_in_bytes", "memory.usage_in_bytes")
-        else:
-            continue
-        group = base / path.lstrip("/")
-        for where in (group, *group.parents[: len(group.parents) - len(base.parents)]):
-            try:
-                limit, usage = ((where / name).read_text().strip() for name in files)
-                if limit != "max":
-                    yield int(limit) - int(usage)
-            except (OSError, ValueError):
-                continue
+    return None
 
 
 def _size(n: float) -> str:

@@ -488,14 +488,6 @@ _FIELDS = (
         "rebuild a damaged store whose metadata cannot be read, from this spec, keeping its "
         "intact cells (damaged cells of a readable store are recomputed on any run)",
     ),
-    _Field(
-        "allow_mixed_versions",
-        _flag,
-        lambda b: True,
-        "true or false",
-        "finish a store whose cells were computed by other numerics (another version of the "
-        "engines' code) with this version; each cell records its own (cell_version)",
-    ),
 )
 _BY_NAME = {f.name: f for f in _FIELDS}
 
@@ -519,7 +511,6 @@ DEFAULTS = {
     "backend": "loky",
     "overwrite": False,
     "repair": False,
-    "allow_mixed_versions": False,
 }
 """The built-in sweep (``python -m simulate.grid`` with no arguments) and the run defaults."""
 
@@ -545,7 +536,6 @@ TRAIN_DEFAULTS = {
     "backend": "loky",
     "overwrite": False,
     "repair": False,
-    "allow_mixed_versions": False,
 }
 """The built-in training sweep (``python -m simulate.grid --experiment train``): CReLU and CST at
 sparsity 0.85, clipped at m = 1 and unclipped, beside the ReLU baseline (CReLU at sparsity 0.5:
@@ -738,7 +728,6 @@ class Run:
     overwrite: bool
     repair: bool
     data: Path | None = None
-    allow_mixed_versions: bool = False
 
 
 @dataclass(frozen=True)
@@ -872,14 +861,6 @@ def parser() -> argparse.ArgumentParser:
         "start:stop:count or log:start:stop:count; inf is a valid clip. With no arguments: the "
         "built-in default sweep into results/default.zarr (train: results/train.zarr). Flags "
         "marked (init) or (train) belong to that experiment only.",
-        epilog="Before any work the sweep plans its memory and disk, and refuses in one line what "
-        "does not fit. Memory: the tasks in flight, three per worker, each its cells' engine "
-        "output and stored copy and the engine's workspace at the largest width, against "
-        "MemAvailable in /proc/meminfo (or the room left under the cgroup's memory limit, if "
-        "less); lower --n-jobs, --nets, --depth or --width. Disk: the cells left to write, each "
-        "chunk file at its uncompressed size rounded up to whole blocks, against the free "
-        "space and inodes of --out's filesystem. Exit status: 0 done, 1 the disk filled up (the "
-        "same command finishes), 2 refused (nothing written), 130 interrupted.",
     )
     p.add_argument(
         "spec",
@@ -1035,11 +1016,7 @@ def _check_inputs(values: dict, given: dict) -> None:
                 f"input_corr={_show(corr)}: {len(corr)} values, must be one or B(B-1)/2 = {pairs} "
                 f"(inputs={b}; pairs a < b in row-major order)"
             )
-        smallest = (  # equicorrelated: eigenvalues 1 - c and 1 + (B - 1) c, no B x B matrix
-            float(np.linalg.eigvalsh(correlation_matrix(corr, b))[0])
-            if isinstance(corr, tuple)
-            else (min(1 - corr, 1 + (b - 1) * corr) if b > 1 else 1.0)
-        )
+        smallest = float(np.linalg.eigvalsh(correlation_matrix(corr, b))[0])
         if smallest <= SEMIDEFINITE_TOL:
             raise SpecError(
                 f"input_corr={_show(corr)}: the initial Gram matrix of the {b} inputs is not "
@@ -1130,7 +1107,6 @@ def _run(values: dict, default_out: Path) -> Run:
         overwrite=values["overwrite"],
         repair=values["repair"],
         data=Path(values["data"]) if "data" in values else None,
-        allow_mixed_versions=values["allow_mixed_versions"],
     )
 
 
