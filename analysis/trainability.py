@@ -42,6 +42,7 @@ from scipy import stats
 from analysis._cli import Parser, run_cli
 from analysis._store import StoreError
 from analysis._table import markdown_table
+from analysis.figures import _save, _style
 from analysis.training import (
     PREDICTORS,
     StudyTables,
@@ -238,14 +239,14 @@ def fig_map(link: pd.DataFrame, pred: pd.DataFrame, out: Path) -> Path:
         [s["label"] for s in PREDICTION_STYLES.values()],
         loc="upper center",
         ncol=2,
-        bbox_to_anchor=(0.45, 0.0),
+        bbox_to_anchor=(0.45, -0.05),
         fontsize=8,
         title=f"depth where training is predicted to stop (calibrated on ReLU at L_ref = "
         f"{pred.attrs['l_ref']})",
         title_fontsize=8,
     )
     fig.suptitle("Final test accuracy over depth and chi_1", fontsize=10, y=1.0)
-    return _save(fig, out, "trainability_map")
+    return _save(fig, out, "trainability_map")[0]
 
 
 PREDICTION_STYLES = {
@@ -302,7 +303,7 @@ def fig_predictors(link: pd.DataFrame, out: Path) -> Path:
         fontsize=8,
         title="marker size: depth",
     )
-    return _save(fig, out, "trainability_predictors")
+    return _save(fig, out, "trainability_predictors")[0]
 
 
 PREDICTOR_UNITS = {
@@ -311,14 +312,6 @@ PREDICTOR_UNITS = {
     "margin": "1 - V'(q*), dimensionless",
     "jacobian_spread": "var / mean^2 of squared singular values",
 }
-
-
-def _save(fig, out: Path, name: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -352,6 +345,7 @@ def build_report(paths: list[Path], out: Path, tolerance: float) -> Path:
     link = study_table(tables)
     pred = predictions(tables, link, tolerance)
     figures = out / "figures"
+    _style()
     made = [fig_map(link, pred, figures), fig_predictors(link, figures)]
     done = sum(int(s.done.sum()) for s in stores)
     total = sum(int(s.done.size) for s in stores)
