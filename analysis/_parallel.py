@@ -4,11 +4,13 @@
 core; never more than the cores), which start at once and compute while the caller goes on.
 
 Workers are joblib's (loky): fresh processes, never forks of this one (a fork of a process that
-runs zarr's event-loop thread can deadlock). Each worker opens the store itself, once, without the
-damage check the main process already ran, and computes the theory of its blocks' parameter cells
-in one batched call (:func:`analysis.theory.prepare`) before mapping ``fn`` over their cells. So
-``fn`` must be picklable (a module-level function, or a ``functools.partial`` of one) and must
-depend on the cell alone: the rows are the same whatever ``n_jobs`` (tests/test_analysis_parallel.py).
+runs zarr's event-loop thread can deadlock), which end when this process does, even when it is
+killed -9 (:func:`simulate.workers.end_with_parent`). Each worker opens the store itself, once,
+without the damage check the main process already ran, and computes the theory of its blocks'
+parameter cells in one batched call (:func:`analysis.theory.prepare`) before mapping ``fn`` over
+their cells. So ``fn`` must be picklable (a module-level function, or a ``functools.partial`` of
+one) and must depend on the cell alone: the rows are the same whatever ``n_jobs``
+(tests/test_analysis_parallel.py).
 
 A store held in memory (no path to reopen), ``n_jobs = 1``, or fewer finished cells than
 :data:`PARALLEL_MIN_CELLS` are mapped in this process: starting a worker (imports, opening the
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+
+from simulate.workers import loky_config
 
 from ._store import Cell, Results, open_dataset
 from .theory import prepare
@@ -51,9 +55,10 @@ def start_cells(
     tasks = TASKS_PER_WORKER * workers
     runs = [list(run) for run in np.array_split(results.blocks(read, tasks), tasks) if len(run)]
     store = (str(results.path), _version(results.path))
-    parts = joblib.Parallel(n_jobs=workers, backend="loky", return_as="generator")(
-        joblib.delayed(_map_blocks)(store, fn, read, run) for run in runs
-    )
+    with joblib.parallel_config(**loky_config()):  # workers that end with this process
+        parts = joblib.Parallel(n_jobs=workers, return_as="generator")(
+            joblib.delayed(_map_blocks)(store, fn, read, run) for run in runs
+        )
     return cache(lambda: [row for part in parts for row in part])
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +265,22 @@ def _window_summary(window: pd.DataFrame) -> list[str]:
     ]
 
 
+def _numerics(results: Results | TrainingResults) -> str:
+    """The numerics that computed the finished cells, as the store records them per cell
+    (``cell_version``: engine and source hash, ``simulate.schema.numerics_version``), each with
+    its number of cells; "not recorded" for a store, or cells, written before the record."""
+    if "cell_version" not in results.ds.coords:
+        return "numerics not recorded (a store written before cells recorded them)"
+    finished = results.ds["cell_version"].values[results.done.values].tolist()
+    counts = Counter(version or "not recorded" for version in finished)
+    mixed = (
+        " (mixed, as --allow-mixed-versions allowed)"
+        if "mixed_versions" in results.ds.attrs
+        else ""
+    )
+    return "numerics " + ", ".join(f"{v} ({n} cells)" for v, n in counts.items()) + mixed
+
+
 def _wall_time(results: Results | TrainingResults) -> str:
     """The simulation wall time as recorded: runs add theirs when they finish, so an interrupted
     run adds nothing."""
@@ -380,7 +397,7 @@ def build_report(results: Results, store: str, out: Path, tables: Tables | None 
         f"Engine {attrs.get('engine', '?')}, seed {attrs.get('seed', '?')}, depth "
         f"{results.depth}, escape band [q_ref/{results.escape_factor:g}, "
         f"{results.escape_factor:g} q_ref], git commit {attrs.get('git_commit', '?')}, "
-        f"{_wall_time(results)}.",
+        f"{_numerics(results)}, {_wall_time(results)}.",
         "",
         _observable_line(results),
         "",
@@ -473,7 +490,8 @@ def _training_setup(tr: TrainingResults, tables: TrainingTables, store: str) -> 
         f"{len(seeds)} seed(s) each ({', '.join(map(str, seeds))}); widths "
         f"{', '.join(map(str, tr.coords('width')))}, depths "
         f"{', '.join(map(str, tr.coords('depth')))} hidden layers; {tr.n_done} of {tr.n_cells} "
-        f"runs done; git commit {attrs.get('git_commit', '?')}, {_wall_time(tr)}.",
+        f"runs done; git commit {attrs.get('git_commit', '?')}, {_numerics(tr)}, "
+        f"{_wall_time(tr)}.",
     ]
     diverged = tables.diverged
     if diverged.empty:

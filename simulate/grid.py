@@ -4,7 +4,7 @@
         -> store created empty, or an existing one inspected (every chunk read back against its
            checksum; damaged cells unmarked, unreadable coordinates and theory rewritten)
         -> batches of unfinished cells -> joblib (loky, threading, or dask.distributed)
-        -> each finished cell written, then marked done
+        -> each finished cell written, flushed to disk, then marked done
 
 Two experiments share this machinery: ``init`` (the default), a Monte Carlo of random networks per
 cell (:func:`simulate_cell`), and ``train``, one training run per cell (:func:`train_cell`, with
@@ -23,13 +23,22 @@ batching, order or how many times the sweep was resumed.
 A store whose root metadata cannot be read (so its spec is lost) is refused, unless ``--repair``:
 then its metadata is rebuilt from the given spec and its chunk files kept, and it is inspected as above.
 
-Exit status: 0 done (or nothing left to do), 2 bad spec (one line on stderr, nothing written),
-130 interrupted (the store keeps every finished cell; the same command resumes).
+One sweep writes a store at a time (``store.lock``): a second is refused, naming the first. Before
+any work the sweep plans its disk and memory (:func:`_check_disk`, :func:`_check_memory`) and
+compares the numerics that computed the store's cells with its own (:func:`_check_versions`); each
+cell records its own (``cell_version``). Worker processes end with the main process, even when it
+is killed -9 (:mod:`simulate.workers`).
+
+Exit status: 0 done (or nothing left to do), 1 the disk filled up (one line; the store keeps every
+finished cell and the same command resumes), 2 bad spec, a store another sweep is writing or one
+computed by other numerics (one line on stderr, nothing written), 130 interrupted (the store keeps
+every finished cell; the same command resumes).
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import functools
 import hashlib
 import importlib.metadata
@@ -41,6 +50,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, fields
@@ -52,7 +62,8 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
-from simulate import engines, schema, store
+from simulate import engines, resources, schema, store, workers
+from simulate.resources import human_size
 from simulate.spec import (
     TRAIN_EXTRA,
     Params,
@@ -95,46 +106,85 @@ def main(argv: list[str] | None = None) -> int:
         _stop_on_sigterm()
         spec, run = parse(argv)
         images = _images(spec, run)
-        mode, found = _existing(spec, run, images)
-        done = found.intact if found is not None else np.zeros(spec.cell_shape, dtype=bool)
-        n_todo = int(done.size - np.count_nonzero(done))
-        # before resolve: a huge grid fails
-        _check_disk(spec, run, n_todo, mode != "resume")
-        params = resolve(spec)
-        chosen = _check_engine(spec, params)
-        _check_memory(spec, run, mode != "resume", images, chosen)
-        if mode == "resume" and not n_todo and not found.damaged:
-            print(f"simulate.grid: nothing to do: all {done.size} cells of {run.out} are done")
-            _next_steps(run.out)
-            return 0
-        with _parallel(run) as n_workers:
-            need = mode != "resume" or found.arrays  # the theory takes a while: only if needed
-            skeleton = _skeleton(spec, params, images) if need else None
-            if mode == "create":
-                store.create(run.out, skeleton, spec)
-                shutil.rmtree(checkpoint_folder(run.out), ignore_errors=True)  # another sweep's
-            elif mode == "rebuild":
-                store.rebuild(run.out, skeleton, spec)
-                found = store.Writer(run.out).inspect(schema.array_names(spec))
-            if found is not None and found.damaged:
-                _log(f"{run.out}: {found.describe()}: repairing (damaged cells are recomputed)")
-                store.Writer(run.out).repair(found, skeleton)
-            done = store.Writer(run.out).done()
-            n_todo = int(done.size - np.count_nonzero(done))
-            _execute(spec, run, params, done, n_workers, images, chosen)
+        _check_writable(run)
+        try:
+            with store.lock(run.out):
+                n_todo = _sweep(spec, run, images)
+        except store.Busy as holder:
+            raise SpecError(
+                f"out={run.out}: another sweep is writing this store ({holder}); wait for it to "
+                "end, or stop it, then run this again"
+            ) from None
     except SpecError as err:
         print(f"simulate.grid: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         _log("interrupted: finished cells are kept in the store; the same command resumes")
         return 130
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _log(
+            f"out={run.out}: the disk is full ({err.strerror}); the finished cells are kept: "
+            "free some space, then run the same command to finish"
+        )
+        return 1
+    if n_todo is None:
+        _next_steps(run.out)
+        return 0
     elapsed = time.perf_counter() - started
-    writer = store.Writer(run.out)
-    writer.update_attrs({"wall_time_s": writer.attrs["wall_time_s"] + elapsed})
     _log(f"done: {n_todo} cells in {elapsed:.1f} s ({n_todo / max(elapsed, 1e-9):.2f} cells/s)")
     print(f"simulate.grid: wrote {run.out}")
     _next_steps(run.out)
     return 0
+
+
+def _sweep(spec: Spec | TrainSpec, run: Run, images: Images | None) -> int | None:
+    """The sweep, under the store's lock: the store found at ``run.out`` checked against the spec,
+    the resources planned and the numerics' versions compared (SpecError, nothing written), then
+    the store created, rebuilt or repaired and its missing cells run. Returns how many cells ran,
+    None when there was nothing to do."""
+    started = time.perf_counter()
+    mode, found = _existing(spec, run, images)
+    done = found.intact if found is not None else np.zeros(spec.cell_shape, dtype=bool)
+    n_todo = int(done.size - np.count_nonzero(done))
+    _check_disk(spec, run, n_todo, mode != "resume", images)  # before resolve: a huge grid fails
+    params = resolve(spec)
+    engine = _check_engine(spec, params)
+    _check_memory(spec, run, mode != "resume", images, engine)
+    skeleton = None
+    if mode == "rebuild":  # asked for (--repair); then inspected as any store
+        skeleton = _skeleton(spec, params, images)
+        store.rebuild(run.out, skeleton, spec)
+        mode, found = "resume", store.Writer(run.out).inspect(schema.array_names(spec))
+    version = _planned_versions(engine)
+    mixed = _check_versions(spec, run, found, version) if mode == "resume" else None
+    if mode == "resume" and found.intact.all() and not found.damaged:
+        print(f"simulate.grid: nothing to do: all {done.size} cells of {run.out} are done")
+        return None
+    with _parallel(run) as n_workers:
+        if skeleton is None and (mode == "create" or found.arrays):  # the theory takes a while
+            skeleton = _skeleton(spec, params, images)
+        if mode == "create":
+            store.create(run.out, skeleton, spec)
+            shutil.rmtree(checkpoint_folder(run.out), ignore_errors=True)  # another sweep's
+        store.clean(run.out)
+        writer = store.Writer(run.out)
+        writer.record_versions()
+        if found is not None and found.damaged:
+            _log(f"{run.out}: {found.describe()}: repairing (damaged cells are recomputed)")
+            writer.repair(found, skeleton)
+        if mixed:
+            writer.update_attrs(
+                {"mixed_versions": [*writer.attrs.get("mixed_versions", []), mixed]}
+            )
+        done = writer.done()
+        n_todo = int(done.size - np.count_nonzero(done))
+        _execute(spec, run, params, done, n_workers, images, engine, version)
+    writer.update_attrs(
+        {"wall_time_s": writer.attrs["wall_time_s"] + time.perf_counter() - started}
+    )
+    return n_todo
 
 
 def _existing(
@@ -199,9 +249,11 @@ def _execute(
     done: np.ndarray,
     n_workers: int,
     images: Images | None,
-    chosen: dict[int, dict[str, int]],
+    engine: np.ndarray,
+    version: np.ndarray,
 ) -> None:
-    """Run the cells not ``done`` in parallel tasks, writing each cell to the store as it arrives.
+    """Run the cells not ``done`` in parallel tasks, writing the cells of each task to the store
+    as it arrives, with their ``version`` (:func:`_planned_versions`).
 
     Cells, batches and tasks are generated lazily (joblib pre-dispatches two tasks per worker), so
     memory holds a few tasks' cells whatever the size of the grid."""
@@ -211,7 +263,8 @@ def _execute(
         work = f"{spec.epochs} epochs of {spec.dataset} ({images.n_train} images), {spec.optimizer}"
     else:
         inputs = f"{spec.inputs} inputs" + (f" ({spec.images} images)" if spec.images else "")
-        engines_used = ", ".join(f"{name} {n}" for name, n in _engine_counts(chosen).items())
+        counts = Counter(engine.flat)
+        engines_used = ", ".join(f"{name} {n}" for name, n in counts.items())
         work = (
             f"{spec.nets} nets, depth {spec.depth}, {inputs}, escape on {spec.escape_on}, "
             f"engine {spec.engine}: {engines_used} cells"
@@ -225,6 +278,9 @@ def _execute(
     batches = _batches(spec, todo, target, run.max_batch, images)
     training = spec.experiment == "train"
     folder = checkpoint_folder(run.out) if training else None
+    if training:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CHECKPOINTS_VERSION).write_text(str(version.flat[0]))
     tasks = (joblib.delayed(run_batch)(spec, batch, run.data, folder) for batch in batches)
     parallel = joblib.Parallel(n_jobs=run.n_jobs, return_as="generator_unordered", batch_size=1)
     progress = (
@@ -236,13 +292,14 @@ def _execute(
         # on Ctrl-C joblib warns that it cancelled the tasks in flight: that is the point
         warnings.filterwarnings("ignore", "tasks which were still being processed", UserWarning)
         for finished in results:
-            for cell, values in finished:
-                writer.write(cell.index, values)
-                if training:
-                    checkpoint_file(folder, cell.flat).unlink(missing_ok=True)
+            writer.write_cells(
+                [(cell.index, values, version[cell.index]) for cell, values in finished]
+            )
+            for cell, _ in finished if training else ():
+                checkpoint_file(folder, cell.flat).unlink(missing_ok=True)
             progress.update(len(finished))
-    if training and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    if training and not any(folder.glob("cell-*.npz")):
+        shutil.rmtree(folder)
 
 
 def _epochs_in_flight(folder: Path) -> int:
@@ -426,6 +483,11 @@ def checkpoint_folder(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoints")
 
 
+CHECKPOINTS_VERSION = "numerics"
+"""The file in the checkpoint folder that names the numerics of its checkpoints (the sweep that
+wrote them: ``schema.numerics_version``)."""
+
+
 def checkpoint_file(folder: Path, flat: int) -> Path:
     """The checkpoint of the cell at flat position ``flat`` (:mod:`simulate.train.checkpoint`)."""
     return folder / f"cell-{flat}.npz"
@@ -544,8 +606,8 @@ TRAIN_FLOPS_PER_NS = 1.0
 
 
 def _weights(width: int, depth: int, images: Images) -> int:
-    """Weights of a training network: P = d N + (L - 1) N^2 + N C."""
-    return images.input_dim * width + (depth - 1) * width**2 + width * images.n_classes
+    """Weights of a training network on ``images`` (:func:`simulate.resources.network_weights`)."""
+    return resources.network_weights(images.input_dim, width, depth, images.n_classes)
 
 
 def _cost(spec: Spec | TrainSpec, cell: SweepCell, images: Images | None) -> float:
@@ -574,31 +636,20 @@ def _todo_cost(
     return sum(_cost(spec, cell, images) for cell in cells(spec, params) if not done[cell.index])
 
 
-def _check_engine(spec: Spec | TrainSpec, params: Params) -> dict[int, dict[str, int]]:
-    """SpecError unless the engine runs every activation of the sweep at every width (Monte Carlo
-    sweeps; a training network runs any piecewise-linear activation). Returns, per width, how many
-    parameter cells each engine runs (empty for training)."""
-    chosen: dict[int, dict[str, int]] = {}
+def _check_engine(spec: Spec | TrainSpec, params: Params) -> np.ndarray:
+    """The engine of every cell (its name, over the cell axes): SpecError unless the spec's engine
+    runs every activation of a Monte Carlo sweep at every width; ``train`` for a training run (a
+    network runs any piecewise-linear activation)."""
+    engine = np.full(spec.cell_shape, "train", dtype=object)
     if spec.experiment != "init":
-        return chosen
-    for width in spec.width:
-        counts = chosen.setdefault(width, {})
-        for index in np.ndindex(spec.param_shape):
+        return engine
+    for index in np.ndindex(spec.param_shape):
+        for i, width in enumerate(spec.width):
             try:
-                name = _cell_engine(spec, params.acts[index], width).name
+                engine[(*index, i)] = _cell_engine(spec, params.acts[index], width).name
             except ValueError as err:
                 raise SpecError(str(err)) from None
-            counts[name] = counts.get(name, 0) + 1
-    return chosen
-
-
-def _engine_counts(chosen: dict[int, dict[str, int]]) -> dict[str, int]:
-    """Cells per engine over the whole sweep."""
-    total: dict[str, int] = {}
-    for counts in chosen.values():
-        for name, n in counts.items():
-            total[name] = total.get(name, 0) + n
-    return total
+    return engine
 
 
 def _batches(
@@ -633,22 +684,89 @@ def _skeleton(spec: Spec | TrainSpec, params: Params, images: Images | None) -> 
 
 
 # --------------------------------------------------------------------------------------------------
+# Versions of the numerics
+
+
+def _planned_versions(engine: np.ndarray) -> np.ndarray:
+    """``schema.numerics_version`` of every cell (over the cell axes), from its ``engine``."""
+    names = {name: schema.numerics_version(name) for name in set(engine.flat)}
+    return np.vectorize(names.get, otypes=[object])(engine)
+
+
+def _check_versions(
+    spec: Spec | TrainSpec, run: Run, found: store.Inspection, version: np.ndarray
+) -> str | None:
+    """Compare the numerics of the store's intact cells (``cell_version``), and of a training
+    sweep's checkpoints, with this code's ``version`` of the same cells. Different ones are a
+    SpecError naming both and the choices, unless ``--allow-mixed-versions``: then the
+    checkpoints of other numerics are removed (their runs start again, each cell of one version)
+    and the mix is returned, to be recorded. Cells (or checkpoints) with no record, written
+    before there was one, are unknown: said, not refused."""
+    stored = store.Writer(run.out).versions()
+    recorded = (stored if stored is not None else np.full(version.shape, ""))[found.intact]
+    unknown = int(np.count_nonzero(recorded == ""))
+    other = (recorded != "") & (recorded != version[found.intact].astype(str))
+    mixes = [f"{n} done cells by {old}" for old, n in Counter(recorded[other]).items()]
+    folder = checkpoint_folder(run.out)
+    in_flight = sorted(folder.glob("cell-*.npz")) if spec.experiment == "train" else []
+    marker = folder / CHECKPOINTS_VERSION
+    written_by = marker.read_text().strip() if marker.is_file() else ""
+    stale = in_flight if written_by not in ("", version.flat[0]) else []
+    if stale:
+        mixes.append(f"{len(stale)} checkpoints of runs in flight by {written_by}")
+    mix = f"{'; '.join(mixes)}; this code: {', '.join(sorted(set(version.flat)))}"
+    if mixes and not run.allow_mixed_versions:
+        raise SpecError(
+            f"out={run.out}: computed by other numerics ({mix}); give --overwrite to start over, "
+            "or --allow-mixed-versions to finish it with this code (each cell records its own)"
+        )
+    if unknown:
+        _log(
+            f"{run.out}: {unknown} of its done cells have no version record (written before "
+            "cells recorded their numerics): unknown"
+        )
+    if in_flight and not written_by:
+        _log(f"{run.out}: {len(in_flight)} checkpoints of runs in flight have no version: unknown")
+    if not mixes:
+        return None
+    for file in stale:
+        file.unlink()
+    _log(f"{run.out}: mixing numerics ({mix}), as --allow-mixed-versions asks")
+    return f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}: {mix}"
+
+
+# --------------------------------------------------------------------------------------------------
 # Resources and provenance
 
 
-def _check_disk(spec: Spec | TrainSpec, run: Run, n_todo: int, creating: bool) -> None:
-    """SpecError unless ``run.out`` is writable and its disk can hold the uncompressed size of the
-    new store, or of the cells left to write."""
-    need_disk = store.nbytes(spec) if creating else store.cell_nbytes(spec) * n_todo
+def _check_writable(run: Run) -> None:
+    """SpecError unless ``run.out`` can be written: its nearest existing directory is writable
+    (and, for an existing store, its parent)."""
     root = next(p for p in (run.out.absolute(), *run.out.absolute().parents) if p.exists())
     writable = root.is_dir() and os.access(root, os.W_OK)
     if not writable or (root == run.out.absolute() and not os.access(root.parent, os.W_OK)):
         raise SpecError(f"out={run.out}: {root} is not a writable directory; choose another --out")
-    free = shutil.disk_usage(root).free
-    if need_disk > free:
+
+
+def _check_disk(
+    spec: Spec | TrainSpec, run: Run, n_todo: int, creating: bool, images: Images | None
+) -> None:
+    """SpecError unless the filesystem of ``run.out`` has the blocks and inodes for the new store,
+    or for the cells left to write (``store.disk_need``), and a training sweep's checkpoints: two
+    files per worker (the state and its next version), each the weights and the optimiser's two
+    moments in float32 at the largest network."""
+    root = next(p for p in (run.out.absolute(), *run.out.absolute().parents) if p.exists())
+    fs = os.statvfs(root)
+    need, files = store.disk_need(spec, n_todo, fs.f_frsize, creating)
+    if spec.experiment == "train":
+        n_workers = joblib.effective_n_jobs(run.n_jobs)
+        need += 2 * n_workers * 3 * 4 * _weights(max(spec.width), max(spec.depth), images)
+    free = fs.f_bavail * fs.f_frsize
+    if need > free or files > fs.f_favail:
         raise SpecError(
-            f"out={run.out}: the store needs up to {_size(need_disk)} but its disk has "
-            f"{_size(free)} free (shrink the grid, nets or depth, or choose another --out)"
+            f"out={run.out}: the store needs up to {human_size(need)} in {files:,} files but its "
+            f"disk has {human_size(free)} and {fs.f_favail:,} files free (shrink the grid, --nets "
+            "or --depth, or choose another --out)"
         )
 
 
@@ -657,67 +775,36 @@ def _check_memory(
     run: Run,
     creating: bool,
     images: Images | None,
-    chosen: dict[int, dict[str, int]],
+    engine: np.ndarray,
 ) -> None:
-    """SpecError unless memory can hold the work in flight: the per-parameter table (when creating)
-    and three tasks per worker (joblib pre-dispatches two, one is being written), each the engine's
-    float64 output and its stored copy (about four times a cell's stored bytes, more for a thinned
-    store: the engine's output has every layer) and the working memory at the largest width (the
-    largest ``Engine.workspace`` of the engines ``chosen`` there, or :func:`_train_workspace`)."""
+    """SpecError unless memory (:func:`simulate.resources.available_memory`) can hold the work in
+    flight: the per-parameter table (when creating) and three tasks per worker (joblib
+    pre-dispatches two, one is being written), each a cell's output and its stored copies and the
+    working memory at the largest width: the largest ``Engine.workspace`` of the cells' engines
+    there, or ``resources.train_workspace``. A Monte Carlo run's output is
+    ``resources.engine_output`` (float64, every layer, whatever the store keeps), held twice (the
+    engine's arrays and their dataset)."""
     widest = max(spec.width)
     if spec.experiment == "train":
-        workspace = _train_workspace(spec, widest, max(spec.depth), images)
+        workspace = resources.train_workspace(
+            images.input_dim, images.n_classes, images.n_train, images.n_test, widest,
+            max(spec.depth), spec.batch_size,
+        )  # fmt: skip
         output = 4 * store.cell_nbytes(spec)
     else:
+        at_widest = engine[..., spec.width.index(widest)]
         workspace = max(
-            engines.ENGINES[name].workspace(widest, spec.inputs) for name in chosen[widest]
+            engines.ENGINES[name].workspace(widest, spec.inputs) for name in set(at_widest.flat)
         )
-        output = 4 * store.cell_nbytes(spec) * (spec.depth + 1) / max(len(spec.recorded_layers), 1)
-    need_mem = 3 * joblib.effective_n_jobs(run.n_jobs) * (output + workspace)
-    need_mem += store.param_nbytes(spec) if creating else 0
-    available = _available_memory()
-    if available is not None and need_mem > available:
-        raise SpecError(
-            f"width={widest}: the cells in flight need about {_size(need_mem)} of memory, "
-            f"{_size(available)} is available (lower --n-jobs, --nets, --depth or --width)"
-        )
-
-
-JAX_PROCESS_BYTES = 500e6
-"""Memory of a process that has trained with JAX, beyond the arrays (measured: 520 MB peak for a
-tiny network on digits)."""
-
-
-def _train_workspace(spec: TrainSpec, width: int, depth: int, images: Images) -> float:
-    """Bytes of one training run, an upper estimate in float32: the weights, their gradients and
-    the optimiser's two moments (4 P); what the backward pass keeps (3 arrays of batch x width per
-    layer); a forward pass over a whole set (2 arrays of n x width at a time); the images twice
-    (numpy and JAX); and the JAX process itself (:data:`JAX_PROCESS_BYTES`)."""
-    n = max(images.n_train, images.n_test)
-    floats = 4 * _weights(width, depth, images) + 3 * spec.batch_size * depth * width
-    floats += 2 * n * width + 2 * (images.n_train + images.n_test) * images.input_dim
-    return 4 * floats + JAX_PROCESS_BYTES
-
-
-def _available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _size(n: float) -> str:
-    """Bytes for people: 12.3 GB."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} TB"
+        output = 2 * resources.engine_output(spec.nets, spec.depth, spec.inputs)
+        output += store.cell_nbytes(spec)
+    need = 3 * joblib.effective_n_jobs(run.n_jobs) * (output + workspace)
+    need += store.param_nbytes(spec) if creating else 0
+    refused = resources.refusal(
+        need, f"width={widest}: the work in flight", "--n-jobs, --nets, --depth or --width"
+    )
+    if refused:
+        raise SpecError(refused)
 
 
 def _provenance(spec: Spec | TrainSpec, images: Images | None) -> dict:
@@ -778,10 +865,13 @@ def _git_commit() -> str | None:
 def _parallel(run: Run) -> Iterator[int]:
     """joblib configured for ``run.backend``; yields the number of workers.
 
-    ``dask``: joblib's dask backend on a dask.distributed client, connected to ``run.scheduler`` or to
-    a LocalCluster started here (loopback, one thread per worker). dask is an optional extra."""
+    ``loky``: workers that end when this process does, even by kill -9
+    (:func:`simulate.workers.loky_config`). ``dask``: joblib's dask backend on a dask.distributed
+    client, connected to ``run.scheduler`` or to a LocalCluster started here (loopback, one thread
+    per worker). dask is an optional extra."""
     if run.backend != "dask":
-        with joblib.parallel_config(backend=run.backend, n_jobs=run.n_jobs):
+        config = workers.loky_config() if run.backend == "loky" else {"backend": run.backend}
+        with joblib.parallel_config(n_jobs=run.n_jobs, **config):
             yield joblib.effective_n_jobs(run.n_jobs)
         return
     try:

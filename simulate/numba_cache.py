@@ -51,17 +51,24 @@ def kernel_files() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if _defines_kernels(p))
 
 
-def package_stamp() -> str:
-    """SHA-256 over the relative paths and contents of :func:`kernel_files`."""
+def source_stamp(files: list[Path]) -> str:
+    """SHA-256 over the paths (relative to the package) and contents of ``files``, in order."""
     digest = hashlib.sha256()
-    for path in kernel_files():
+    for path in files:
         digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
+def package_stamp() -> str:
+    """:func:`source_stamp` of :func:`kernel_files`."""
+    return source_stamp(kernel_files())
+
+
 STAMP = package_stamp()
-"""The source stamp of every cached kernel of the package, computed once at import."""
+"""The source stamp of every cached kernel of the package, computed once at import. A sweep store
+records it per cell, as the version of the numerics that computed the cell
+(:func:`simulate.schema.numerics_version`)."""
 
 
 class _PackageStamped:

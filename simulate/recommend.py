@@ -49,9 +49,12 @@ import sys
 
 import numpy as np
 
-from simulate import gp
+from simulate import gp, resources
 from simulate.activations import FAMILIES, Activation
-from simulate.engines import run_cell
+from simulate.engines import ENGINES, run_cell
+
+TWIN_ENGINE, TWIN_INPUTS = "gram", 2
+"""The unclipped twin's Monte Carlo: the exact conditional-Gaussian engine, a pair of inputs."""
 
 
 def recommend(
@@ -91,7 +94,7 @@ def recommend(
     twin_eoc = gp.edge_of_chaos(twin, q_star)
     mc = run_cell(
         twin, float(twin_eoc.sigma_w2), float(twin_eoc.sigma_b2), width=width, depth=depth,
-        nets=nets, q0=q_star, q_ref=q_star, seed=seed,
+        nets=nets, q0=q_star, q_ref=q_star, seed=seed, engine=TWIN_ENGINE, n_inputs=TWIN_INPUTS,
     )  # fmt: skip
     escape = mc.escape_layer.values
     median = float(np.median(np.where(escape >= 0, escape, np.inf)))
@@ -181,13 +184,28 @@ def _input_signal(act, q_star, sigma_w2, sigma_b2, depth) -> float:
     return float(gp.correlation_gaps(act, q_star, sigma_w2, sigma_b2, 0.5, depth)[-1])
 
 
+THEORY_BYTES_PER_LAYER = 64 * 8
+"""Memory of the theory per layer, an upper bound: the 1/N recursion's dataset, the correlation
+and log-gain iterates and their temporaries, a few dozen float64 arrays over the layers."""
+
+
 def _check(family, sparsity, depth, width, q_star, nets, seed):
+    """One-line ValueError naming the first bad argument, or the sizes that do not fit in memory
+    (``simulate.resources``): the twin's engine output, held twice, its workspace, the theory."""
     Activation.from_sparsity(family, sparsity, q_star)  # family, sparsity and q* (its own errors)
     for name, value, lowest in (("depth", depth, 1), ("width", width, 1), ("nets", nets, 1)):
         if value < lowest:
             raise ValueError(f"{name}={value!r}: must be an integer >= {lowest}")
     if seed < 0:
         raise ValueError(f"seed={seed!r}: must be an integer >= 0")
+    need = 2 * resources.engine_output(nets, depth, TWIN_INPUTS)
+    need += ENGINES[TWIN_ENGINE].workspace(width, TWIN_INPUTS) + THEORY_BYTES_PER_LAYER * depth
+    refused = resources.refusal(
+        need, f"depth={depth}, width={width}, nets={nets}: the recommendation", "--nets, "
+        "--depth or --width"
+    )  # fmt: skip
+    if refused:
+        raise ValueError(refused)
 
 
 def render(r: dict) -> str:

@@ -47,6 +47,8 @@ whatever k), with r = escape_layer if the network escaped, else depth (the last 
 Per cell and per parameter cell:
 
     cell_done(P, width)                     bool      the cell's values above are written
+    cell_version(P, width)                  <U64      coordinate: the numerics that wrote them
+                                                      (:func:`numerics_version`; "" not recorded)
     tau, sigma_w2, sigma_b2 (P)             float64   those that are not axes
     q_gp(P, layer)                          float64   GP iterate q^{l+1} = V(q^l) from q0, at the
                                                       recorded layers
@@ -92,13 +94,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from simulate import gp
+from simulate import engines, gp
 from simulate.activations import Activation
+from simulate.numba_cache import PACKAGE, STAMP, source_stamp
 from simulate.spec import Params, Spec, SweepCell, TrainSpec, cells, resolve
 from simulate.train.run import PROBES
 
@@ -229,6 +233,45 @@ CELL_DONE = Variable(
 )
 """``cell_done(P, width)``."""
 
+CELL_VERSION = Variable(
+    (),
+    "<U64",
+    "the numerics that computed the cell: engine and source hash "
+    "(simulate.schema.numerics_version; '': not recorded)",
+    fill="",
+)
+"""``cell_version(P, width)``, a coordinate beside ``cell_done``: :func:`numerics_version` of
+each cell, written with the cell. Stores written before it have no such coordinate, or "" in the
+cells they finished before it was added; a resumed sweep refuses to mix recorded versions
+(``simulate.grid``) and the report names them."""
+
+
+def numerics_version(engine: str) -> str:
+    """What ``cell_version`` records for a cell computed by ``engine`` (an engine's name, or
+    ``train`` for a training run): the name and the first 12 hex digits of a hash of its sources.
+    An engine: :data:`simulate.numba_cache.STAMP`, the hash of every file of the package that
+    defines Numba kernels (the one the kernel cache follows). ``train``: the hash of
+    ``simulate/train/*.py``. Neither covers the glue that calls them (``simulate.grid``, the
+    engines' Python wrappers)."""
+    stamp = _train_stamp() if engine == "train" else STAMP
+    return f"{engine} {stamp[:12]}"
+
+
+def cell_engine(spec: Spec | TrainSpec, cell: SweepCell) -> str:
+    """The name of the engine that computes ``cell``: the one ``spec.engine`` picks for it
+    (:func:`simulate.engines.select_engine`), or ``train``."""
+    if spec.experiment == "train":
+        return "train"
+    return engines.select_engine(
+        spec.engine, cell.activation, spec.inputs, cell.width, spec.escape_on
+    ).name
+
+
+@cache
+def _train_stamp() -> str:
+    return source_stamp(sorted((PACKAGE / "train").glob("*.py")))
+
+
 PARAM_VARIABLES = {
     "tau": Variable((), "float64", "threshold tau of the activation"),
     "sigma_w2": Variable((), "float64", "weight variance sigma_w^2 (W_ij ~ N(0, sigma_w^2 / N))"),
@@ -332,9 +375,15 @@ def dim_lengths(spec: Spec | TrainSpec) -> dict[str, int]:
     """Lengths of the dimensions inside a cell (all but ``knot``)."""
     if spec.experiment == "train":
         return {"epoch": spec.epochs + 1, "probe": len(PROBES), "layer": max(spec.depth)}
-    layers = {"layer": len(spec.recorded_layers)} if not _summary(spec) else {}
+    layers = {"layer": n_recorded(spec)} if not _summary(spec) else {}
     b = spec.inputs
     return {"net": spec.nets, **layers, "input": b, "pair": b * (b - 1) // 2}
+
+
+def n_recorded(spec: Spec) -> int:
+    """``len(spec.recorded_layers)``, counted without listing them: sizing a sweep of depth 1e9
+    (to refuse it) must not build a tuple of a billion layers."""
+    return spec.depth // spec.record_every + 1 + (spec.depth % spec.record_every > 0)
 
 
 def param_dims(ds: xr.Dataset) -> tuple[str, ...]:
@@ -536,7 +585,9 @@ def synthetic_store(
     Each cell's variables are ``fill(spec, cell)`` (a dict of some of the cell variables, each over
     that variable's own dims; ``cell`` a :class:`~simulate.spec.SweepCell` with its activation,
     variances, q0 and flat index for seeding) or their fill values; ``done`` (a bool or a mask over
-    the cell axes) is ``cell_done``. The attributes are those of a real store (:func:`attributes`).
+    the cell axes) is ``cell_done``, and ``cell_version`` of a done cell is what the sweep would
+    record (:func:`numerics_version` of :func:`cell_engine`). The attributes are those of a real
+    store (:func:`attributes`).
 
     Example: a store of two CST clip levels whose trajectories are real Monte Carlo::
 
@@ -588,4 +639,9 @@ def synthetic_store(
     for name, var in variables.items():
         ds[name] = ((*spec.cell_dims, *var.dims), data[name], var.attrs)
     ds["cell_done"][...] = np.broadcast_to(done, spec.cell_shape)
+    versions = np.full(spec.cell_shape, CELL_VERSION.fill, dtype=CELL_VERSION.dtype)
+    for cell in cells(spec, params):
+        if ds["cell_done"].values[cell.index]:
+            versions[cell.index] = numerics_version(cell_engine(spec, cell))
+    ds.coords["cell_version"] = (spec.cell_dims, versions, CELL_VERSION.attrs)
     return ds

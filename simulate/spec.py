@@ -488,6 +488,14 @@ _FIELDS = (
         "rebuild a damaged store whose metadata cannot be read, from this spec, keeping its "
         "intact cells (damaged cells of a readable store are recomputed on any run)",
     ),
+    _Field(
+        "allow_mixed_versions",
+        _flag,
+        lambda b: True,
+        "true or false",
+        "finish a store whose cells were computed by other numerics (another version of the "
+        "engines' code) with this version; each cell records its own (cell_version)",
+    ),
 )
 _BY_NAME = {f.name: f for f in _FIELDS}
 
@@ -511,6 +519,7 @@ DEFAULTS = {
     "backend": "loky",
     "overwrite": False,
     "repair": False,
+    "allow_mixed_versions": False,
 }
 """The built-in sweep (``python -m simulate.grid`` with no arguments) and the run defaults."""
 
@@ -536,6 +545,7 @@ TRAIN_DEFAULTS = {
     "backend": "loky",
     "overwrite": False,
     "repair": False,
+    "allow_mixed_versions": False,
 }
 """The built-in training sweep (``python -m simulate.grid --experiment train``): CReLU and CST at
 sparsity 0.85, clipped at m = 1 and unclipped, beside the ReLU baseline (CReLU at sparsity 0.5:
@@ -728,6 +738,7 @@ class Run:
     overwrite: bool
     repair: bool
     data: Path | None = None
+    allow_mixed_versions: bool = False
 
 
 @dataclass(frozen=True)
@@ -861,6 +872,16 @@ def parser() -> argparse.ArgumentParser:
         "start:stop:count or log:start:stop:count; inf is a valid clip. With no arguments: the "
         "built-in default sweep into results/default.zarr (train: results/train.zarr). Flags "
         "marked (init) or (train) belong to that experiment only.",
+        epilog="Before any work the sweep plans its memory and disk, and refuses in one line what "
+        "does not fit. Memory: the tasks in flight, three per worker, each its cells' engine "
+        "output and stored copy and the engine's workspace at the largest width, against "
+        "MemAvailable in /proc/meminfo (or the room left under the cgroup's memory limit, if "
+        "less); lower --n-jobs, --nets, --depth or --width. Disk: the cells left to write, each "
+        "chunk file at its uncompressed size rounded up to whole blocks, against the free "
+        "space and inodes of --out's filesystem. One sweep writes a store at a time (a lock, "
+        "NAME.zarr.lock beside it): another is refused, naming it. Exit status: 0 done, 1 the "
+        "disk filled up (the same command finishes), 2 refused (nothing written), 130 "
+        "interrupted.",
     )
     p.add_argument(
         "spec",
@@ -1016,7 +1037,11 @@ def _check_inputs(values: dict, given: dict) -> None:
                 f"input_corr={_show(corr)}: {len(corr)} values, must be one or B(B-1)/2 = {pairs} "
                 f"(inputs={b}; pairs a < b in row-major order)"
             )
-        smallest = float(np.linalg.eigvalsh(correlation_matrix(corr, b))[0])
+        smallest = (  # equicorrelated: eigenvalues 1 - c and 1 + (B - 1) c, no B x B matrix
+            float(np.linalg.eigvalsh(correlation_matrix(corr, b))[0])
+            if isinstance(corr, tuple)
+            else (min(1 - corr, 1 + (b - 1) * corr) if b > 1 else 1.0)
+        )
         if smallest <= SEMIDEFINITE_TOL:
             raise SpecError(
                 f"input_corr={_show(corr)}: the initial Gram matrix of the {b} inputs is not "
@@ -1107,6 +1132,7 @@ def _run(values: dict, default_out: Path) -> Run:
         overwrite=values["overwrite"],
         repair=values["repair"],
         data=Path(values["data"]) if "data" in values else None,
+        allow_mixed_versions=values["allow_mixed_versions"],
     )
 
 
@@ -1143,9 +1169,11 @@ def _value(field: _Field, token, experiment: str = "init"):
         return items[0]
     if not items:
         raise SpecError(f"{field.name}=(empty): needs at least one value, {field.allowed}")
-    for i, item in enumerate(items):
-        if item in items[:i]:
+    seen = set()  # (not a scan of the items before each: a long range would take hours)
+    for item in items:
+        if item in seen:
             raise SpecError(f"{field.name}={_show(item)}: listed twice; give each value once")
+        seen.add(item)
     return tuple(items) if field.name == "family" else tuple(sorted(items))  # see _families
 
 
@@ -1164,6 +1192,12 @@ def _items(field: _Field, token, grid: bool) -> list:
     return [v for part in token.split(",") for v in _expand(field, part.strip())]
 
 
+MAX_RANGE = 10**6
+"""Most values a range expands to: a longer axis makes a sweep of millions of cells, which no disk
+holds (a cell is about 17 files), and listing it would itself take the memory such a sweep is
+refused for."""
+
+
 def _expand(field: _Field, part: str) -> list:
     """``a``, ``start:stop:count`` (linear, endpoints included) or ``log:start:stop:count``;
     ranges of an integer field are rounded to the nearest integer."""
@@ -1176,14 +1210,14 @@ def _expand(field: _Field, part: str) -> list:
         if len(bounds) != 3:
             raise ValueError(part)
         start, stop, count = float(bounds[0]), float(bounds[1]), _integer(bounds[2])
-        if count < 1 or not (math.isfinite(start) and math.isfinite(stop)):
+        if not 1 <= count <= MAX_RANGE or not (math.isfinite(start) and math.isfinite(stop)):
             raise ValueError(part)
         if log and (start <= 0 or stop <= 0):
             raise ValueError(part)
     except ValueError:
         raise SpecError(
             f"{field.name}={part}: a range is start:stop:count or log:start:stop:count "
-            "(finite ends, count >= 1, log ends > 0)"
+            f"(finite ends, 1 <= count <= {MAX_RANGE:,}, log ends > 0)"
         ) from None
     points = (np.geomspace if log else np.linspace)(start, stop, count)
     if field.kind is _integer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -59,13 +60,9 @@ def test_a_bad_n_jobs_is_refused_in_one_line(on_disk, value, capsys, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.slow
-def test_the_commands_run_their_tables_in_workers(tmp_path):
-    """``python -m analysis.fit`` and ``analysis.instability`` on a store of 256 cells (the
-    threshold for workers), through a real interpreter: the workers must be able to unpickle the
-    commands' per-cell functions (a ``python -m`` module is ``__main__``); each table equals the
-    one read in one process."""
-    path = tmp_path / "s.zarr"
+def store_read_in_workers(path: Path) -> Path:
+    """A store of :data:`~analysis._parallel.PARALLEL_MIN_CELLS` small cells (256: the commands
+    read its tables in workers), written at ``path``."""
     make_store(
         families=("crelu", "cst"),
         sparsities=tuple(np.linspace(0.6, 0.9, 8)),
@@ -74,6 +71,16 @@ def test_the_commands_run_their_tables_in_workers(tmp_path):
         nets=4,
         depth=4,
     ).to_zarr(path)
+    return path
+
+
+@pytest.mark.slow
+def test_the_commands_run_their_tables_in_workers(tmp_path):
+    """``python -m analysis.fit`` and ``analysis.instability`` on a store of 256 cells (the
+    threshold for workers), through a real interpreter: the workers must be able to unpickle the
+    commands' per-cell functions (a ``python -m`` module is ``__main__``); each table equals the
+    one read in one process."""
+    path = store_read_in_workers(tmp_path / "s.zarr")
     assert _store.open_results(path).n_done == _parallel.PARALLEL_MIN_CELLS
     for command in (["analysis.fit"], ["analysis.instability", "--table", "stability"]):
         tables = [

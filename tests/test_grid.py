@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import tomllib
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import pytest
 import xarray as xr
 import zarr
 from scipy import special
+from stores import load_data
 
 from simulate import engines, gp, grid, schema
 from simulate.activations import Activation
@@ -61,16 +61,6 @@ def sweep(*args, check=True, **popen) -> subprocess.CompletedProcess:
     return result
 
 
-def load(path: Path) -> xr.Dataset:
-    """The store's data, without the attributes that say when and how fast it was made."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the store must open without warnings
-        ds = xr.open_zarr(path).load()
-    for key in ("wall_time_s", "created", "git_commit"):
-        ds.attrs.pop(key, None)
-    return ds
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """GRID, uninterrupted, on one worker."""
@@ -84,7 +74,7 @@ def reference(tmp_path_factory) -> Path:
 
 
 def test_schema(reference):
-    ds = load(reference)
+    ds = load_data(reference)
     spec, _ = parse(GRID)
     cell = ("family", "sparsity", "clip", "q_star", "width")
     assert dict(ds.sizes) == {"family": 2, "sparsity": 2, "clip": 3, "q_star": 2, "width": 2,
@@ -140,7 +130,7 @@ def test_schema(reference):
 
 def test_theory_columns(reference):
     """tau, sigma's and the GP columns are those of simulate.gp at each parameter cell."""
-    ds = load(reference)
+    ds = load_data(reference)
     point = ds.isel(family=1, sparsity=1, clip=0, q_star=1)
     act = Activation.from_sparsity("cst", 0.8, 2.0, 1.0)
     eoc = gp.edge_of_chaos(act, 2.0)
@@ -156,7 +146,7 @@ def test_activation_descriptions(reference):
     """Each parameter cell stores its activation's knots and values (NaN-padded to the four knots of
     clipped CST), with the outer slopes: checked against the families' definitions, with tau from
     the sparsity in closed form (CST: s = erf(tau / sqrt(2 q*)); CReLU: s = Phi(tau / sqrt(q*)))."""
-    ds = load(reference)
+    ds = load_data(reference)
     tau_cst = math.sqrt(2 * 2.0) * special.erfinv(0.8)  # q* = 2
     tau_crelu = math.sqrt(1.0) * special.ndtri(0.6)  # q* = 1
     cases = {
@@ -174,7 +164,7 @@ def test_activation_descriptions(reference):
 
 def test_values_are_run_cell_with_the_cell_seed(reference):
     """Each cell is engines.run_cell with child `flat position` of SeedSequence(seed)."""
-    ds = load(reference)
+    ds = load_data(reference)
     spec, _ = parse(GRID)
     everything = list(cells(spec, resolve(spec)))
     children = np.random.SeedSequence(7).spawn(len(everything))
@@ -203,7 +193,7 @@ def test_cell_seed_is_the_spawned_child():
 def test_off_eoc_sweep(tmp_path):
     out = tmp_path / "off.zarr"
     sweep(*OFF_EOC, "--out", out)
-    ds = load(out)
+    ds = load_data(out)
     assert ds.q.dims == ("family", "tau", "clip", "sigma_w2", "sigma_b2", "width", "net",
                          "layer", "input")  # fmt: skip
     assert "q_star" not in ds.dims
@@ -224,7 +214,7 @@ def test_off_eoc_sweep(tmp_path):
 def test_threads_are_bit_identical(reference, tmp_path):
     """(loky with two workers: see the resume test.)"""
     sweep(*GRID, "--backend", "threading", "--n-jobs", 2, "--out", tmp_path / "thr.zarr")
-    xr.testing.assert_identical(load(tmp_path / "thr.zarr"), load(reference))
+    xr.testing.assert_identical(load_data(tmp_path / "thr.zarr"), load_data(reference))
 
 
 @pytest.mark.slow
@@ -238,7 +228,7 @@ def test_dask_cluster_is_bit_identical(reference, tmp_path):
         run = sweep(*GRID, "--backend", "dask", "--scheduler", cluster.scheduler_address,
                     "--out", tmp_path / "dask.zarr")  # fmt: skip
     assert "dask workers" in run.stderr
-    xr.testing.assert_identical(load(tmp_path / "dask.zarr"), load(reference))
+    xr.testing.assert_identical(load_data(tmp_path / "dask.zarr"), load_data(reference))
 
 
 def done_count(path: Path) -> int:
@@ -274,12 +264,12 @@ def test_interrupt_and_kill_9_then_resume_equals_uninterrupted(reference, tmp_pa
     two workers: the same dataset as one uninterrupted run on one worker. At each stop every cell
     marked done has its final values."""
     out = tmp_path / "stopped.zarr"
-    ref = load(reference)
+    ref = load_data(reference)
     first = 0
     stops = ((signal.SIGINT, 130), (signal.SIGTERM, 130), (signal.SIGKILL, -signal.SIGKILL))
     for sig, status in stops:
         assert interrupt(out, sig, after=first + 3) == status
-        partial = load(out)
+        partial = load_data(out)
         done = partial.cell_done.values
         assert first < done.sum() < done.size
         for name in schema.CELL_VARIABLES:
@@ -287,7 +277,7 @@ def test_interrupt_and_kill_9_then_resume_equals_uninterrupted(reference, tmp_pa
         first = done.sum()
     run = sweep(*GRID, "--n-jobs", 2, "--out", out)
     assert f"{done.size - first} of {done.size} cells to run" in run.stderr
-    xr.testing.assert_identical(load(out), ref)
+    xr.testing.assert_identical(load_data(out), ref)
 
 
 def test_finished_sweep_run_again_does_nothing(reference):
@@ -322,7 +312,7 @@ def test_different_spec_is_refused_unless_overwrite(reference, tmp_path):
     out = tmp_path / "over.zarr"
     shutil.copytree(reference, out)
     sweep(*OFF_EOC, "--depth", 3, "--out", out, "--overwrite")
-    replaced = load(out)
+    replaced = load_data(out)
     assert (
         replaced.sizes["layer"] == 4 and replaced.cell_done.all() and "q_star" not in replaced.dims
     )
@@ -365,7 +355,7 @@ BAD = {
     "scheduler": (["--scheduler", "tcp://127.0.0.1:1"], "scheduler=tcp://127.0.0.1:1: only with"),
     "flag": (["--bogus"], "unrecognized arguments: --bogus"),
     "disk": (["--nets", "100000", "--depth", "100000"], ": the store needs up to"),
-    "memory": (["--width", "1000000000"], "width=1000000000: the cells in flight need about"),
+    "memory": (["--width", "1000000000"], "width=1000000000: the work in flight needs about"),
     "huge grid, at once": (["--sparsity", "0.6:0.9:2000", "--clip", "log:0.1:10:2000"],
                            ": the store needs up to"),
     "q0 outside the band": (["--q0", "0.05"], "q0=0.05: must lie inside the escape band"),
@@ -509,7 +499,7 @@ def test_huge_clip_levels_are_the_unclipped_network(tmp_path):
     argv = ["--family", "crelu", "--sparsity", "0.8", "--clip", "1e155,1.7976931348623157e308,inf",
             "--width", "8", "--depth", "4", "--nets", "2", "--n-jobs", "1", "--out", str(out)]  # fmt: skip
     assert grid.main(argv) == 0
-    ds = load(out)
+    ds = load_data(out)
     assert ds.cell_done.all() and np.isfinite(ds.q).all()
     np.testing.assert_allclose(ds.sigma_w2, 5.0, rtol=1e-12)
     np.testing.assert_allclose(ds.v_slope, 1.0, rtol=1e-12)
@@ -571,7 +561,7 @@ def test_thinned_and_summary_stores_keep_the_same_summaries(tmp_path):
                         ("summary", ["--record", "summary"])):  # fmt: skip
         out = tmp_path / f"{name}.zarr"
         assert grid.main([*THIN, *extra, "--out", str(out)]) == 0
-        stores[name] = load(out)
+        stores[name] = load_data(out)
         group = zarr.open_group(out, mode="r")
         for var in schema.cell_variables(parse([*THIN, *extra])[0]):
             array = group[var]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from stores import load_data
 
 from analysis._store import StoreError, open_results
 from simulate import grid, store
@@ -23,15 +24,6 @@ GRID = [
     "--width", "8,16", "--depth", "6", "--nets", "3", "--seed", "5", "--n-jobs", "1",
 ]  # fmt: skip
 """8 cells."""
-
-PROVENANCE = ("wall_time_s", "created", "git_commit")
-
-
-def load(path: Path) -> xr.Dataset:
-    ds = xr.open_zarr(path).load()
-    for key in PROVENANCE:
-        ds.attrs.pop(key, None)
-    return ds
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +122,7 @@ def test_run_again_repairs_to_the_untouched_data(untouched, copy, capsys, damage
         assert f"{cells} damaged cells" in err and f"{cells} of 8 cells to run" in err
     else:
         assert f"unreadable {name}" in err
-    xr.testing.assert_identical(load(copy), load(untouched))
+    xr.testing.assert_identical(load_data(copy), load_data(untouched))
     assert grid.main([*GRID, "--out", str(copy)]) == 0
     assert "nothing to do" in capsys.readouterr().out
 
@@ -145,7 +137,7 @@ def test_a_store_without_activation_descriptions_gets_them(untouched, copy, caps
     assert "act_knots" not in xr.open_zarr(copy)
     err = rerun(copy, capsys)
     assert "missing or unreadable act_knots" in err and "0 of 8 cells to run" in err
-    xr.testing.assert_identical(load(copy), load(untouched))
+    xr.testing.assert_identical(load_data(copy), load_data(untouched))
 
 
 def test_a_finished_undamaged_store_is_left_alone(untouched, copy, capsys):
@@ -163,7 +155,7 @@ def test_unreadable_root_metadata_needs_repair(untouched, copy, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "a damaged sweep store" in err[0] and "--repair" in err[0]
     rerun(copy, capsys, "--repair")
-    xr.testing.assert_identical(load(copy), load(untouched))
+    xr.testing.assert_identical(load_data(copy), load_data(untouched))
     assert [p.name for p in copy.parent.iterdir()] == ["s.zarr"]
 
 
@@ -178,7 +170,7 @@ def test_a_store_missing_an_array_is_replaced_with_overwrite(untouched, copy, ca
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "a damaged sweep store" in err[0] and "--overwrite" in err[0]
     rerun(copy, capsys, "--overwrite")
-    xr.testing.assert_identical(load(copy), load(untouched))
+    xr.testing.assert_identical(load_data(copy), load_data(untouched))
 
 
 def test_chunks_are_files_beside_their_metadata(untouched):
@@ -193,11 +185,11 @@ def test_a_store_with_nested_chunk_keys_is_repaired_and_rebuilt(untouched, copy,
     """A store written with directory chunk keys: a damaged cell is found and recomputed, and a
     garbled root is rebuilt keeping its chunks (still nested), both ending as the untouched."""
     nest_chunk_keys(copy)
-    xr.testing.assert_identical(load(copy), load(untouched))
+    xr.testing.assert_identical(load_data(copy), load_data(untouched))
     flip_byte(chunk(copy, "q", (1, 0, 0, 0, 1, 0, 0, 0)))
     assert "1 damaged cells" in rerun(copy, capsys)
-    xr.testing.assert_identical(load(copy), load(untouched))
+    xr.testing.assert_identical(load_data(copy), load_data(untouched))
     (copy / "zarr.json").write_text("{ not json")
     rerun(copy, capsys, "--repair")
     assert (copy / "q" / "c").is_dir() and not list((copy / "q").glob("c.*"))
-    xr.testing.assert_identical(load(copy), load(untouched))
+    xr.testing.assert_identical(load_data(copy), load_data(untouched))

@@ -3,8 +3,9 @@ exits 2 with exactly one line on stderr and nothing written, never a traceback (
 
 Values are drawn per flag from the tiny valid ones (so that a run that passes finishes in well under
 a second) and from everything else: numbers at and beyond the float limits, nan, inf, negatives,
-huge integers, empty lists and malformed ranges. Valid but costly values (a depth of 1e5, say) are
-left out on purpose: they are valid, and only slow. The command runs in-process (``grid.main``, the
+huge integers, empty lists and malformed ranges, and sizes whose product no machine holds (1e9
+layers, 1e5 inputs: the sweep plans its memory and disk and refuses them). Valid but costly values
+(a depth of 1e5, say) are left out on purpose: they are valid, and only slow. The command runs in-process (``grid.main``, the
 code the command line runs), with hypothesis's example order fixed (``derandomize``).
 
 Training sweeps (``--experiment train``) are drawn the same way, from their own flags; their valid
@@ -57,8 +58,11 @@ FLAGS = {
     "sigma_w2": tokens("1", "2", "1e-300", "1e300"),
     "sigma_b2": tokens("0", "0.5", "1e300"),
     "width": tokens("1", "2", "4", "2147483647", "2147483648", "log:1:4:2"),
-    "depth": tokens("1", "3", "2147483647", "2.0"),
-    "nets": tokens("1", "2", "2147483647"),
+    "depth": tokens("1", "3", "2147483647", "2.0", "1e9"),
+    "nets": tokens("1", "2", "2147483647", "1e8"),
+    "inputs": tokens("1", "3", "100000"),
+    "record": tokens("layers", "summary"),
+    "record_every": tokens("2", "1000000"),
     "q0": tokens("q_star", "1", "0.05", "1e30"),
     "c0": tokens("0.5", "1", "-1", "1.0000001"),
     "engine": tokens("gram", "dense", "sparse", "auto", "fast"),
@@ -70,7 +74,8 @@ FLAGS = {
     "max_batch": tokens("1", "3", "0"),
     "out": st.sampled_from(["", "/dev/null/x.zarr", "/proc/nope.zarr"]),
 }
-"""Every flag that takes a value; ``--overwrite`` and ``--repair`` are drawn as present or not."""
+"""Every flag that takes a value; ``--overwrite``, ``--repair`` and ``--allow-mixed-versions`` are
+drawn as present or not."""
 
 BASE = {"family": "crelu", "sparsity": "0.8", "clip": "1", "width": "4", "depth": "3", "nets": "1",
         "n_jobs": "1"}  # fmt: skip
@@ -92,7 +97,7 @@ def command_lines(draw) -> tuple[list[str], bool]:
     if {"sigma_w2", "sigma_b2"} & set(values) and "tau" not in values:
         base["tau"] = "0.5"
     argv = argv_of(base | values)
-    for flag in ("--overwrite", "--repair"):
+    for flag in ("--overwrite", "--repair", "--allow-mixed-versions"):
         if draw(st.booleans()):
             argv.append(flag)
     return argv, "out" in values
@@ -152,6 +157,11 @@ TRAIN_BASE = {"experiment": "train", "family": "crelu", "sparsity": "0.5", "clip
 @given(command_lines())
 @example(case=(argv_of(BASE | {"clip": "1e155,1e308,1.7976931348623157e308"}), False))  # issue 12
 @example(case=(argv_of(BASE | {"sparsity": "0.999999", "clip": "1e-300"}), False))
+@example(case=(argv_of(BASE | {"depth": "1e9"}), False))  # issue 21: killed, not refused
+@example(case=(argv_of(BASE | {"inputs": "100000", "width": "1000"}), False))  # MemoryError
+@example(case=(argv_of(BASE | {"nets": "1e8", "width": "1e5"}), False))
+@example(case=(argv_of(BASE | {"record": "summary", "inputs": "100000"}), False))
+@example(case=(argv_of(BASE | {"clip": "1:2:1e8"}), False))  # a range of 1e8 values
 def test_every_flag_either_runs_or_is_one_line(capsys, case):
     check_one_line_or_runs(capsys, case)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from stores import load_data
 
 from simulate import gp
 from simulate.activations import Activation
@@ -183,13 +184,6 @@ SWEEP = ["--experiment", "train", "--family", "crelu", "--sparsity", "0.85", "--
          "--run-seed", "0", "--seed", "4", "--n-jobs", "1"]  # fmt: skip
 
 
-def _load(path: Path) -> xr.Dataset:
-    ds = xr.open_zarr(path).load()
-    for key in ("wall_time_s", "created", "git_commit"):
-        ds.attrs.pop(key, None)
-    return ds
-
-
 @pytest.mark.slow
 def test_a_training_sweep_killed_mid_run_resumes_to_the_uninterrupted_store(tmp_path):
     """Two runs (chi_1 = 0.9 and 1.2) of 30 epochs: kill -9 of the sweep once the first run has
@@ -211,9 +205,9 @@ def test_a_training_sweep_killed_mid_run_resumes_to_the_uninterrupted_store(tmp_
     assert not xr.open_zarr(out).cell_done.values.any()
     subprocess.run(_python("simulate.grid", *SWEEP, "--out", out), env=ENV, check=True,
                    capture_output=True, timeout=300)  # fmt: skip
-    xr.testing.assert_identical(_load(out), _load(ref))
+    xr.testing.assert_identical(load_data(out), load_data(ref))
     assert not folder.exists()
-    ds = _load(ref)
+    ds = load_data(ref)
     act = Activation.from_sparsity("crelu", 0.85, 1.0, 1.0)
     for chi_1 in (0.9, 1.2):
         expected = gp.edge_of_chaos(act, 1.0, chi_1)

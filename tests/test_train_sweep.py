@@ -16,13 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from stores import load_data
 
 from simulate import grid, schema, store
 from simulate.spec import TRAIN_EXTRA, Spec, TrainSpec, cells, parse, resolve
@@ -40,8 +40,6 @@ TINY = [
 ]  # fmt: skip
 """16 runs of a ReLU network (CReLU at sparsity 0.5: tau = 0, unclipped), 3 hidden layers of 16, two
 epochs of SGD on 300 digits at learning rates 0.01 and 1e6 (which diverges), 8 seeds."""
-
-PROVENANCE = ("wall_time_s", "created", "git_commit")
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +71,6 @@ def environment(cache: Path) -> dict[str, str]:
     }
 
 
-def load(path: Path) -> xr.Dataset:
-    """The store's data, without the attributes that say when and how fast it was made."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the store must open without warnings
-        ds = xr.open_zarr(path).load()
-    for key in PROVENANCE:
-        ds.attrs.pop(key, None)
-    return ds
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, jax_cache) -> Path:
     """TINY, uninterrupted, on one worker."""
@@ -96,7 +84,7 @@ def reference(tmp_path_factory, jax_cache) -> Path:
 
 
 def test_schema(reference):
-    ds = load(reference)
+    ds = load_data(reference)
     cell = ("family", "sparsity", "clip", "q_star", "width", "depth", "lr", "run_seed")
     assert dict(ds.sizes) == {"family": 1, "sparsity": 1, "clip": 1, "q_star": 1, "width": 1,
                               "depth": 1, "lr": 2, "run_seed": 8, "epoch": 3, "probe": 2,
@@ -125,7 +113,7 @@ def test_theory_columns_are_the_relu_edge_of_chaos(reference):
     """ReLU at the EoC, in closed form: V(q) = sigma_w^2 q / 2 + sigma_b^2 and chi_1 = sigma_w^2 / 2,
     so chi_1 = 1 and V(q*) = q* give sigma_w^2 = 2, sigma_b^2 = 0, V'(q*) = 1; half the units are
     zero; the activation is max(0, x): one knot at 0, slopes 0 and 1."""
-    point = load(reference).squeeze()
+    point = load_data(reference).squeeze()
     assert float(point.tau) == 0.0
     np.testing.assert_allclose(
         [point.sigma_w2, point.sigma_b2, point.v_slope], [2, 0, 1], atol=1e-12
@@ -140,7 +128,7 @@ def test_divergence_is_recorded_and_the_other_runs_are_fine(reference):
     """At lr 1e6 every run diverges within its two epochs: flagged, its epoch recorded, its loss
     there not finite and every value after it NaN; epoch 0 (before any step) is intact. At lr 0.01
     no run diverges and every value is finite."""
-    ds = load(reference).squeeze(["family", "sparsity", "clip", "q_star", "width", "depth"])
+    ds = load_data(reference).squeeze(["family", "sparsity", "clip", "q_star", "width", "depth"])
     per_epoch = [name for name, dims in RESULT_DIMS.items() if dims[:1] == ("epoch",)]
     huge = ds.sel(lr=1e6)
     assert huge.diverged.all()
@@ -174,7 +162,7 @@ def test_values_are_train_network_with_the_cell_stream(reference):
         cell.activation, 1.0, 3, 16, data, epochs=2, lr=0.01, optimizer="sgd",
         batch_size=50, seed=stream, probe_size=64,
     )  # fmt: skip
-    got = load(reference).isel(dict(zip(spec.cell_dims, cell.index, strict=True)))
+    got = load_data(reference).isel(dict(zip(spec.cell_dims, cell.index, strict=True)))
     for name in RESULT_DIMS:
         np.testing.assert_allclose(got[name].values, want[name], rtol=1e-5, err_msg=name)
 
@@ -196,7 +184,7 @@ def test_a_run_depends_on_its_seed_not_on_the_other_seeds(reference, jax_cache, 
     out = tmp_path / "five.zarr"
     sweep(*TINY, "--run-seed", 5, "--backend", "threading", "--n-jobs", 2, "--out", out,
           cache=jax_cache)  # fmt: skip
-    five, ref = load(out), load(reference)
+    five, ref = load_data(out), load_data(reference)
     for name in schema.TRAIN_CELL_VARIABLES:
         np.testing.assert_array_equal(five[name].values, ref[name].sel(run_seed=[5]).values)
 
@@ -232,7 +220,7 @@ def test_kill_9_then_resume_on_two_workers_equals_uninterrupted(reference, jax_c
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
-    partial, ref = load(out), load(reference)
+    partial, ref = load_data(out), load_data(reference)
     done = partial.cell_done.values
     assert 3 <= done.sum() < done.size
     for name in schema.TRAIN_CELL_VARIABLES:
@@ -240,7 +228,7 @@ def test_kill_9_then_resume_on_two_workers_equals_uninterrupted(reference, jax_c
     run = sweep(*TINY, "--n-jobs", 2, "--out", out, cache=jax_cache)
     assert f"{done.size - done.sum()} of {done.size} cells to run" in run.stderr
     assert "on 2 loky workers" in run.stderr
-    xr.testing.assert_identical(load(out), ref)
+    xr.testing.assert_identical(load_data(out), ref)
 
 
 def test_a_damaged_run_is_recomputed(reference, jax_cache, tmp_path):
@@ -254,7 +242,7 @@ def test_a_damaged_run_is_recomputed(reference, jax_cache, tmp_path):
     chunk.write_bytes(bytes(data))
     run = sweep(*TINY, "--n-jobs", 1, "--out", out, cache=jax_cache)
     assert "1 damaged cells: repairing" in run.stderr and "1 of 16 cells to run" in run.stderr
-    xr.testing.assert_identical(load(out), load(reference))
+    xr.testing.assert_identical(load_data(out), load_data(reference))
 
 
 def test_the_stored_spec_is_the_same_sweep(reference, jax_cache, tmp_path):

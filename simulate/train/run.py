@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simulate import resources
 from simulate.activations import FAMILIES, Activation
 from simulate.train import checkpoint as _checkpoint
 from simulate.train.data import DATASETS, Dataset, load_dataset
@@ -261,6 +262,19 @@ def _check_run_args(act, q_star, depth, width, epochs, lr, optimizer, schedule, 
         raise ValueError(f"schedule={schedule!r}: must be one of {', '.join(SCHEDULES)}")
 
 
+def _check_memory(data: Dataset, width: int, depth: int, batch_size: int) -> None:
+    """One-line ValueError when the run does not fit in memory (``simulate.resources``)."""
+    n_train, n_test = data.x_train.shape[0], data.x_test.shape[0]
+    need = resources.train_workspace(
+        data.input_dim, data.n_classes, n_train, n_test, width, depth, batch_size
+    )
+    refused = resources.refusal(
+        need, f"depth={depth}, width={width}: the run", "--depth or --width"
+    )
+    if refused:
+        raise ValueError(refused)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit status 2)."""
 
@@ -343,10 +357,12 @@ def main(argv=None) -> int:
             act, args.q_star, args.depth, args.width, args.epochs, args.lr, args.optimizer,
             args.schedule, args.warmup, args.batch_size,
         )  # fmt: skip
-        initialise(act, args.q_star, [1, 1, 1], chi_1=args.chi1)  # refuses a bad chi_1 up front
+        # a bad chi_1 or output gain, refused up front
+        initialise(act, args.q_star, [1, 1, 1], chi_1=args.chi1, output_gain=args.output_gain)
         data = load_dataset(
             args.dataset, args.data, train_size=args.train_size, test_size=args.test_size
         )
+        _check_memory(data, args.width, args.depth, args.batch_size)
         print(
             f"{act.label()} q*={args.q_star} depth={args.depth} width={args.width} {data.name} "
             f"n_train={data.x_train.shape[0]} {kwargs}",
