@@ -32,6 +32,7 @@ v. The 1/N theory of each is in :mod:`analysis.theory`.
 from __future__ import annotations
 
 import math
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -43,6 +44,7 @@ import zarr
 
 from simulate import schema
 from simulate.activations import Activation
+from simulate.spec import Shape, SpecError
 from simulate.store import damaged_chunk
 
 OBSERVED = {"q": ("q", "corr", "log_gain"), "v": ("v", "v_corr", "v_log_gain")}
@@ -269,7 +271,21 @@ def _scalar(value):
 
 
 class CellProgress:
-    """How far a sweep got, for a store ``self.ds`` with a ``cell_done`` flag per cell."""
+    """How far a sweep got, for a store ``self.ds`` with a ``cell_done`` flag per cell, and the
+    sweep's own activations (:attr:`shapes`)."""
+
+    @cached_property
+    def shapes(self) -> dict[str, Shape]:
+        """The sweep's user shapes by name, the ``[shape]`` tables of its spec (``attrs["spec"]``).
+        A stored cell holds its activation at its own clip level only; the shape's expressions in
+        tau and m give it at any m (the theory window varies m). Empty for a store without a spec
+        or whose spec does not read."""
+        try:
+            tables = tomllib.loads(str(self.ds.attrs.get("spec", ""))).get("shape", [])
+            tables = tables if isinstance(tables, list) else [tables]
+            return {shape.name: shape for shape in map(Shape.from_table, tables)}
+        except (tomllib.TOMLDecodeError, SpecError):
+            return {}
 
     @cached_property
     def done(self) -> xr.DataArray:

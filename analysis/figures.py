@@ -10,7 +10,7 @@ over several q* gets one row per q*, never an average over them:
 - ``trajectories``: q^l through depth, Monte Carlo median and 10-90% band per width against the GP
   iterate and the 1/N-corrected mean, unclipped beside clipped;
 - ``phase_diagram``: sparsity x clip, colour = fraction of networks staying at q* to full depth,
-  with the theory window's edges drawn over it (named families only);
+  with the theory window's edges drawn over it (families with a window);
 - ``escape_width``: median escape depth against width (log-log), the fitted law and the onset
   layer of the 1/N theory; ``survival``: Kaplan-Meier curves of the unclipped cells;
 - ``width_law`` (unclipped cells at 4 widths or more): local exponent of the mean escape depth
@@ -62,6 +62,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator, NullFormatter
 
 from simulate import gp
 from simulate.activations import Activation
+from simulate.spec import Shape
 
 from ._cli import Parser, add_n_jobs, run_cli, writable_dir
 from ._store import Cell, Results
@@ -141,9 +142,9 @@ def _show_sparsity(results: Results) -> float:
 def _show_clip(results: Results, family: str, sparsity: float, q_star: float) -> float | None:
     """The clipped example: the simulated finite m closest to sqrt(q*) inside the theory window
     (among every finite m when the family has no window)."""
-    low, high = theory_window(family, sparsity, q_star)
+    window = theory_window(family, sparsity, q_star, results.shapes.get(family))
     finite = [m for m in _coords(results, "clip") if math.isfinite(m)]
-    inside = finite if math.isnan(low) else [m for m in finite if low <= m <= high]
+    inside = [m for m in finite if window.contains(m)] if window.defined else finite
     if not inside:
         return None
     return min(inside, key=lambda m: abs(math.log(m / math.sqrt(q_star))))
@@ -539,20 +540,22 @@ def phase_grid(stability, results: Results, family: str, q_star: float, width: i
     )
 
 
-def _window_edges(family: str, q_star: float, sparsities: np.ndarray):
+def _window_edges(family: str, q_star: float, sparsities: np.ndarray, shape: Shape | None):
     """(s_fine, edges): the theory window's (lower, upper) edges at the grid sparsities and halfway
-    between them (each upper edge is a bifurcation search; ``theory_window`` caches them)."""
+    between them (each upper edge is a bifurcation search; ``theory_window`` caches them);
+    ``shape``: the user shape named ``family``, if it is one."""
     s_fine = np.sort(np.concatenate([sparsities, (sparsities[1:] + sparsities[:-1]) / 2]))
-    return s_fine, np.array([theory_window(family, s, q_star) for s in s_fine])
+    windows = [theory_window(family, s, q_star, shape) for s in s_fine]
+    return s_fine, np.array([(w.low, w.high) for w in windows]).reshape(-1, 2)
 
 
-def _outline_window(ax, family: str, q_star: float, sparsities, clips) -> None:
+def _outline_window(ax, family: str, q_star: float, sparsities, clips, shape: Shape | None) -> None:
     """Outline the cells whose clip level lies inside the theory window (a grid with one finite
     clip level, where the edges have no scale to be drawn on)."""
     for i, s in enumerate(sparsities):
-        low, high = theory_window(family, s, q_star)
+        window = theory_window(family, s, q_star, shape)
         for j, m in enumerate(clips):
-            if low <= m <= high:  # False for NaN edges and for m = inf
+            if window.contains(m):  # False for NaN edges and for m = inf
                 ax.add_patch(
                     Rectangle(
                         (j - 0.45, i - 0.45),
@@ -587,11 +590,14 @@ def _thinned_ticks(values, text, most: int = MAX_TICKS) -> tuple[np.ndarray, lis
     return np.array(at), [text(float(f"{values[i]:.2g}")) for i in at]
 
 
-def _heat_panel(ax, grid, done, sparsities, clips, family, q_star, cmap, notes=None, panels=1):
+def _heat_panel(
+    ax, grid, done, sparsities, clips, family, q_star, cmap, notes=None, panels=1, shape=None
+):
     """One (sparsity, clip) heat map of values in [0, 1]: each value written in its cell (with its
     ``notes`` text, if any; grids up to ``MAX_LABELLED`` rows and columns), cells not run hatched,
-    the theory window's edges over it (named families only); ``panels``: how many share its row
-    (more than two share ``MAX_TICKS`` clip ticks). Returns the mesh (for a colour bar)."""
+    the theory window's edges over it (families with a window: named, or a user ``shape`` that
+    uses m); ``panels``: how many share its row (more than two share ``MAX_TICKS`` clip ticks).
+    Returns the mesh (for a colour bar)."""
     written = max(grid.shape) <= MAX_LABELLED
     mesh = ax.pcolormesh(
         np.arange(clips.size + 1) - 0.5,
@@ -616,10 +622,10 @@ def _heat_panel(ax, grid, done, sparsities, clips, family, q_star, cmap, notes=N
                 fontsize=7.5,
                 color="black" if value > 0.55 else "white",
             )
-    s_fine, edges = _window_edges(family, q_star, sparsities)
+    s_fine, edges = _window_edges(family, q_star, sparsities, shape)
     y = np.interp(s_fine, sparsities, np.arange(sparsities.size))
     if np.isfinite(clips).sum() == 1:  # one clip column: no scale to draw the edges on
-        _outline_window(ax, family, q_star, sparsities, clips)
+        _outline_window(ax, family, q_star, sparsities, clips, shape)
     elif np.isfinite(edges).all() and np.isfinite(clips).sum():
         ax.plot(
             _clip_position(clips, edges[:, 0]),
@@ -666,7 +672,16 @@ def fig_phase(results: Results, out: Path, stability) -> list[Path]:
             done = results.done.sel(family=family, q_star=q_star, width=width)
             done = done.transpose("sparsity", "clip").values
             mesh = _heat_panel(
-                ax, grid, done, sparsities, clips, family, q_star, "rocket", panels=len(widths)
+                ax,
+                grid,
+                done,
+                sparsities,
+                clips,
+                family,
+                q_star,
+                "rocket",
+                panels=len(widths),
+                shape=results.shapes.get(family),
             )
             ax.set_title(f"{family}{_at_q(results, q_star)}, N = {width}")
         row[0].set_ylabel("target sparsity s")
@@ -1025,7 +1040,7 @@ WINDOW_LABELS = {
     "below": "clipped, below the window",
     "above": "clipped, above the window",
     "unclipped": "unclipped",
-    "none": "user shape (no window)",
+    "none": "shape without a clip level (no window)",
 }
 
 FAMILY_MARKERS = ("o", "s", "^", "D", "v", "P")
@@ -1092,7 +1107,16 @@ def fig_training_phase(tr: TrainingResults, out: Path, tables: TrainingTables) -
         notes = np.where(diverged > 0, "†", "")
         done = done_any.sel(facet).transpose("sparsity", "clip").values
         meshes["acc"] = _heat_panel(
-            row[0], grid, done, sparsities, clips, family, q_star, "mako", notes
+            row[0],
+            grid,
+            done,
+            sparsities,
+            clips,
+            family,
+            q_star,
+            "mako",
+            notes,
+            shape=tr.shapes.get(family),
         )
         setting = {k: v for k, v in facet.items() if k != "family"}
         row[0].set_title(f"{family}, {_setting_label(setting)}", fontsize="small")
@@ -1159,6 +1183,7 @@ def _mc_panel(ax, init: Results, stability, family: str, q_star: float, facet: d
         family,
         q_star,
         "rocket",
+        shape=init.shapes.get(family),
     )
     ax.set_title(f"Monte Carlo: {family}, q* = {q_star:g}, N = {width}", fontsize="small")
     return mesh

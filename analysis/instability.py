@@ -20,15 +20,18 @@ layer variance reaches it: sqrt(V4^l / N) >= d_l. There the first-order mean shi
 half that spread, i.e. the 1/N expansion has lost its ordering. With V4^l ~ v l (ReLU_tau, ST_tau)
 this gives l_pt = (4 N / (V''^2 v))^{1/3}: beta_theory = 1/3, reported beside the fitted beta.
 
-Clip window for (family, sparsity, q*), for the named families with a clip level m.
-- Theory: lower edge = ``gp.min_gradient_clip``, the smallest m at which at least half of the
+Clip window for (family, sparsity, q*), for every family with a clip level m to vary: the named
+ones, and a user shape whose knots, values or slopes use m (:func:`theory_window`).
+- Theory (``gp.clip_window`` of the family's members at that sparsity and q*, as functions of m):
+  lower edge = ``gp.min_gradient_clip``, the smallest m at which at least half of the
   active units (phi != 0) pass gradient (phi' != 0) at q*: P(sloped piece) / P(not a zero piece)
   >= 1/2 (``gp.gradient_fraction``, which grows with m from 0 to 1). In general it marks
   where an activation stops being mostly a sparse *gate* and becomes mostly a *saturating* one:
   below it most active units sit on a flat nonzero piece and the backward signal dies out. For
   CReLU and CST, with a = tau / sqrt(q*), it is m_low = sqrt(q*) [Phi^{-1}((1 + Phi(a))/2) - a].
-  Upper edge = ``gp.max_stable_clip`` (above it V has extra fixed points). A shape given by its
-  points has no clip level to vary and no window.
+  Upper edge = ``gp.max_stable_clip`` (above it V has extra fixed points). m is inside when
+  m_low <= m <= m_high (``gp.ClipWindow.contains``). A shape that does not use m is the same
+  function at every clip level: it has no clip level to vary and no window (NaN edges).
 - Monte Carlo, per width: the simulated m for which at least ``STAY_LEVEL`` (90%) of the networks
   stay at q* to full depth (not escaped, and the final variance nearest to q* among the GP's stable
   fixed points, on a log scale) and the mean final zero fraction of the networks that did not
@@ -50,6 +53,7 @@ import pandas as pd
 
 from simulate import gp
 from simulate.activations import FAMILIES, Activation
+from simulate.spec import Shape
 
 from ._cli import Parser, add_n_jobs, run_cli
 from ._parallel import start_cells
@@ -350,17 +354,41 @@ def stability_table(results: Results, networks: pd.DataFrame | None = None) -> p
     return _columns(results, networks, STABILITY_COLUMNS)
 
 
+NO_WINDOW = gp.ClipWindow(math.nan, math.nan)
+"""The window of a family without a clip level to vary: nothing is inside."""
+
+
 @lru_cache(maxsize=256)
-def theory_window(family: str, sparsity: float, q_star: float) -> tuple[float, float]:
-    """(m_low, m_high) of the named ``family`` at target sparsity and q* (module docstring):
-    ``gp.min_gradient_clip`` and ``gp.max_stable_clip``. (nan, nan) for a family outside the named
-    ones, which has no clip level to vary."""
-    if family not in FAMILIES:
-        return math.nan, math.nan
-    return (
-        gp.min_gradient_clip(family, sparsity, q_star),
-        gp.max_stable_clip(family, sparsity, q_star),
-    )
+def theory_window(
+    family: str, sparsity: float, q_star: float, shape: Shape | None = None
+) -> gp.ClipWindow:
+    """The theory clip window of ``family`` at GP sparsity ``sparsity`` and q* (module docstring):
+    ``gp.clip_window`` of its member of that sparsity at q* as a function of the clip level m, as
+    a sweep over sparsity builds its cells (:func:`simulate.spec.resolve`).
+
+    - A named family: ``gp.family_clip_window`` (tau fixed by the sparsity).
+    - A user shape (``shape``, its ``[shape]`` table: a store's :attr:`~analysis._store.Results.shapes`)
+      whose knots, values or slopes use m: m -> ``shape.at(tau(m), m)`` with
+      tau(m) = ``shape.tau_for_sparsity(sparsity, q*, m)`` (its zero set may move with m).
+      ``NO_WINDOW`` when the search finds no window (gp's ValueError: e.g. the sparsity is out of
+      the shape's reach at some m, or V is bistable already at m = 0.25 sqrt(q*) or never by
+      1e3 sqrt(q*)).
+    - ``NO_WINDOW`` for a shape that does not use m (every clip level is the same function, there
+      is no clip level to vary) and for a family whose shape is not known (``shape`` None: a store
+      without its spec).
+    """
+    if family in FAMILIES:
+        return gp.family_clip_window(family, sparsity, q_star)
+    if shape is None or not shape.uses("m"):
+        return NO_WINDOW
+
+    def at_clip(m: float) -> Activation:
+        return shape.at(shape.tau_for_sparsity(sparsity, q_star, m), m)
+
+    try:
+        return gp.clip_window(at_clip, q_star)
+    except ValueError:
+        return NO_WINDOW
 
 
 def _grid_index(clips: np.ndarray, m: float) -> int:
@@ -375,28 +403,34 @@ def clip_window(results: Results, stability: pd.DataFrame | None = None) -> pd.D
     ``upper_steps`` is the number of grid steps between the MC upper edge and the largest grid m
     not above ``gp.max_stable_clip`` (0: same grid cell; |steps| <= 1 counts as agreement).
     ``stability``: the store's :func:`stability_table`, when already computed. Families without a
-    theory window (module docstring) are left out.
+    theory window (:func:`theory_window`) are left out.
     """
     if not results.eoc or "sparsity" not in results.ds.dims:
         return pd.DataFrame()
     table = stability_table(results) if stability is None else stability
     if table.empty:
         return pd.DataFrame()
-    table = table[np.isfinite(table["clip"]) & table["family"].isin(FAMILIES)]
+    table = table[np.isfinite(table["clip"])]
+    points = list(zip(table["family"], table["sparsity"], table["q_star"], strict=True))
+    windows = {p: theory_window(*p, results.shapes.get(p[0])) for p in dict.fromkeys(points)}
+    table = table[np.array([windows[p].defined for p in points], dtype=bool)]
     clips = np.sort(np.unique(table["clip"].to_numpy(dtype=float)))
     keys = ["family", "sparsity", "q_star", "width"]
     rows = []
     for key, group in table.groupby(keys, sort=True):
-        family, sparsity, q_star, _ = key
-        low, high = theory_window(family, sparsity, q_star)
+        window = windows[key[:3]]
         inside = np.sort(group.loc[group["in_window_mc"], "clip"].to_numpy(dtype=float))
         mc_high = float(inside[-1]) if inside.size else math.nan
-        steps = _grid_index(clips, mc_high) - _grid_index(clips, high) if inside.size else math.nan
+        steps = (
+            _grid_index(clips, mc_high) - _grid_index(clips, window.high)
+            if inside.size
+            else math.nan
+        )
         rows.append(
             {
                 **dict(zip(keys, key, strict=True)),
-                "theory_low": low,
-                "theory_high": high,
+                "theory_low": window.low,
+                "theory_high": window.high,
                 "mc_low": float(inside[0]) if inside.size else math.nan,
                 "mc_high": mc_high,
                 "mc_clips": ", ".join(f"{m:g}" for m in inside),

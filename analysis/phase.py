@@ -47,7 +47,8 @@ def theory_phase_of(results: Results) -> pd.DataFrame:
         sigma_w2, sigma_b2 = float(point["sigma_w2"]), float(point["sigma_b2"])
         q_star, m = float(key["q_star"]), float(key["clip"])
         points = stable_fixed_points(act, sigma_w2, sigma_b2, q_star)
-        low, high = theory_window(str(key["family"]), float(key["sparsity"]), q_star)
+        family = str(key["family"])
+        window = theory_window(family, float(key["sparsity"]), q_star, results.shapes.get(family))
         rows.append(
             {
                 **key,
@@ -58,7 +59,7 @@ def theory_phase_of(results: Results) -> pd.DataFrame:
                 "pass_of_active": float(gp.gradient_fraction(act, q_star)),
                 "n_stable": len(points),
                 "upper_q": max(points) if len(points) > 1 else math.nan,
-                "in_window_theory": bool(math.isfinite(m) and low <= m <= high),
+                "in_window_theory": bool(window.contains(m)),
             }
         )
     return pd.DataFrame(rows)

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from simulate.spec import Shape
+
 from ._cli import Parser, add_n_jobs, run_cli, writable_dir, writable_file
 from ._store import Results
 from ._table import markdown_table
@@ -94,14 +96,16 @@ def _section(key: str, table: pd.DataFrame, store: str, note: str = "") -> str:
     return f"### {heading}\n\n    {_command(key, store)}\n\n{note}{body}\n"
 
 
-def _in_theory_window(fit: pd.DataFrame) -> pd.Series:
-    """Clipped EoC cells whose m lies in the theory window of their (family, sparsity, q*)."""
+def _in_theory_window(fit: pd.DataFrame, shapes: dict[str, Shape]) -> pd.Series:
+    """Clipped EoC cells whose m lies in the theory window of their (family, sparsity, q*)
+    (``shapes``: the store's user shapes, :attr:`analysis._store.Results.shapes`)."""
 
     def inside(row) -> bool:
-        if not math.isfinite(row["clip"]):
+        if not math.isfinite(row["clip"]):  # unclipped: outside any window, none to compute
             return False
-        low, high = theory_window(row["family"], row["sparsity"], row["q_star"])
-        return low <= row["clip"] <= high
+        family = row["family"]
+        window = theory_window(family, row["sparsity"], row["q_star"], shapes.get(family))
+        return bool(window.contains(row["clip"]))
 
     return fit.apply(inside, axis=1).astype(bool)
 
@@ -153,12 +157,12 @@ def _recorded_lines(results: Results) -> list[str]:
     ]
 
 
-def _fit_summary(fit: pd.DataFrame, eoc_sparsity: bool) -> list[str]:
+def _fit_summary(fit: pd.DataFrame, eoc_sparsity: bool, shapes: dict[str, Shape]) -> list[str]:
     if fit.empty:
         return []
     lines = []
     if eoc_sparsity:
-        inside = _in_theory_window(fit)
+        inside = _in_theory_window(fit, shapes)
         claim = fit[inside & (fit["eps_1n"] <= EPS_SMALL)]
         edge = fit[inside & (fit["eps_1n"] > EPS_SMALL)]
         failed = claim[~claim["agrees"]]
@@ -194,7 +198,7 @@ def _fit_summary(fit: pd.DataFrame, eoc_sparsity: bool) -> list[str]:
             f"from the theory, first at layer {unclipped['first_fail_layer'].median():.0f} (median "
             "over cells): the 1/N drift and the escapes the GP limit does not have."
         )
-    inside = fit[_in_theory_window(fit)] if eoc_sparsity else fit.iloc[:0]
+    inside = fit[_in_theory_window(fit, shapes)] if eoc_sparsity else fit.iloc[:0]
     if len(inside):
         lines.append(
             "- **Correlation of the two inputs** (infinite-width R-iterate, not in the verdict): "
@@ -382,7 +386,7 @@ def build_report(results: Results, store: str, out: Path, tables: Tables | None 
             _section("local", tables.asymptotic_width_law[1], store),
         ]
     summary = [
-        *_fit_summary(tables.fit, eoc_sparsity),
+        *_fit_summary(tables.fit, eoc_sparsity, results.shapes),
         *_width_summary(points, fits, tables.fit),
         *_window_summary(tables.window),
         *(_asymptotic_summary(tables.width_law_summary) if applies(results) else []),
@@ -526,7 +530,7 @@ WHERE = {
     "inside": "inside the theory window",
     "below": "below the theory window",
     "above": "above the theory window",
-    "none": "a user shape, no window",
+    "none": "a shape without a clip level to vary, no window",
 }
 """A clipped configuration's place against the theory window, in words."""
 

@@ -3,8 +3,9 @@
     python -m analysis.trainability STORE [STORE ...] [--out DIR] [--tolerance 0.02]
 
 reads the training stores of one study (the same budget and axes, :class:`analysis.training.
-StudyTables`) and writes ``DIR/report.md`` and ``DIR/figures/trainability_map.png`` and
-``trainability_predictors.png`` (default DIR: the first store's folder). The stores' configurations
+StudyTables`) and writes ``DIR/report.md`` and ``DIR/figures/trainability_map.png`` (at the
+study's main width), ``trainability_predictors.png`` and, where some configurations were run at
+more than one width, ``trainability_width.png`` (default DIR: the first store's folder). The stores' configurations
 differ in activation, depth and, off the Edge of Chaos, chi_1 (a sweep's ``chi1`` axis; 1 where
 there is none).
 
@@ -306,6 +307,50 @@ def fig_predictors(link: pd.DataFrame, out: Path) -> Path:
     return _save(fig, out, "trainability_predictors")[0]
 
 
+def fig_width(link: pd.DataFrame, out: Path) -> Path | None:
+    """The width slice at chi_1 = 1: final test accuracy over depth, a line per width, a panel per
+    activation measured at more than one width; and the same runs against the log-gain spread
+    (H2), which puts the widths on one axis."""
+    eoc = link[link["chi1"] == 1.0]
+    names = [
+        n for n in sorted(eoc["activation"].unique(), key=lambda a: (a != "ReLU", a))
+        if eoc.loc[eoc["activation"] == n, "width"].nunique() > 1
+    ]  # fmt: skip
+    if not names:
+        return None
+    widths = sorted(eoc["width"].unique())
+    colors = dict(zip(widths, sns.color_palette("colorblind", len(widths)), strict=True))
+    markers = dict(zip(names, "osD^v", strict=False))
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.0 * (len(names) + 1), 3.4))
+    for ax, name in zip(axes, names, strict=False):
+        sub = eoc[eoc["activation"] == name]
+        for width, runs in sub.groupby("width"):
+            runs = runs.sort_values("depth")
+            ax.plot(runs["depth"], runs["test_acc"], marker=markers[name], color=colors[width])
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("depth L (hidden layers)")
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(sub["depth"].unique()))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[0].set_ylabel("final test accuracy")
+    last = axes[-1]
+    for name in names:
+        for width, runs in eoc[eoc["activation"] == name].groupby("width"):
+            last.scatter(
+                runs["log_gain_sd"], runs["test_acc"], marker=markers[name], color=colors[width]
+            )
+    last.set_xlabel(PREDICTOR_UNITS["log_gain_sd"])
+    last.set_title("against H2 (every depth, chi_1 = 1)", fontsize=9)
+    handles = [plt.Line2D([], [], color=colors[w], lw=2, label=f"width {w}") for w in widths]
+    handles += [plt.Line2D([], [], marker=markers[n], ls="", color="gray", label=n) for n in names]
+    last.legend(handles=handles, loc="center left", bbox_to_anchor=(1.03, 0.5), fontsize=8)
+    for ax in axes:
+        ax.set_ylim(0.0, 0.9)
+    fig.suptitle("Width slice at the Edge of Chaos", fontsize=10, y=1.02)
+    return _save(fig, out, "trainability_width")[0]
+
+
 PREDICTOR_UNITS = {
     "gp_corr_gap": "1 - c^L (from c^0 = 1/2), dimensionless",
     "log_gain_sd": "sd of ln(gain) through L layers, nats",
@@ -320,8 +365,10 @@ PREDICTOR_UNITS = {
 def accuracy_grids(link: pd.DataFrame) -> str:
     """Per activation, mean final test accuracy (± sd over seeds) as a chi_1 x depth table."""
     parts = []
-    for name in sorted(link["activation"].unique(), key=lambda a: (a != "ReLU", a)):
-        sub = link[link["activation"] == name].copy()
+    for (name, width), sub in sorted(
+        link.groupby(["activation", "width"]), key=lambda item: (item[0][0] != "ReLU", item[0])
+    ):
+        sub = sub.copy()
         sub["cell"] = [
             f"{m:.3f}" + ("" if math.isnan(s) else f" ± {s:.3f}")
             for m, s in zip(sub["test_acc"], sub["test_acc_sd"], strict=True)
@@ -329,11 +376,41 @@ def accuracy_grids(link: pd.DataFrame) -> str:
         grid = sub.pivot_table(index="chi1", columns="depth", values="cell", aggfunc="first")
         grid = grid.reset_index().rename(columns={"chi1": "chi_1 \\ L"})
         grid.columns = [str(c) for c in grid.columns]
-        parts.append(
-            f"**{name}** (width {', '.join(map(str, sorted(sub['width'].unique())))})"
-            f"\n\n{markdown_table(grid.fillna(''))}"
-        )
+        parts.append(f"**{name}**, width {width}\n\n{markdown_table(grid.fillna(''))}")
     return "\n\n".join(parts)
+
+
+def width_slice(link: pd.DataFrame) -> pd.DataFrame:
+    """At chi_1 = 1, the (activation, depth) measured at more than one width: the Jacobian spread
+    L r (the same at every width) and, per width, the mean final test accuracy with the log-gain
+    spread sd in brackets (H2: it falls like 1 / sqrt(width))."""
+    eoc = link[link["chi1"] == 1.0]
+    widths = eoc.groupby(["activation", "depth"])["width"].transform("nunique")
+    eoc = eoc[widths > 1].copy()
+    if eoc.empty:
+        return pd.DataFrame()
+    eoc["cell"] = [
+        f"{a:.3f} ({sd:.2f})" for a, sd in zip(eoc["test_acc"], eoc["log_gain_sd"], strict=True)
+    ]
+    table = eoc.pivot_table(
+        index=["activation", "depth", "jacobian_spread"],
+        columns="width",
+        values="cell",
+        aggfunc="first",
+    )
+    table.columns = [f"width {w}" for w in table.columns]
+    table = table.reset_index().rename(columns={"jacobian_spread": "L r"})
+    order = table["activation"] != "ReLU"
+    return (
+        table.assign(_order=order)
+        .sort_values(["_order", "activation", "depth"])
+        .drop(columns="_order")
+    )
+
+
+def main_width(link: pd.DataFrame) -> int:
+    """The width of most of the study's configurations: the maps are drawn at it."""
+    return int(link["width"].mode().iloc[0])
 
 
 def build_report(paths: list[Path], out: Path, tolerance: float) -> Path:
@@ -346,7 +423,14 @@ def build_report(paths: list[Path], out: Path, tolerance: float) -> Path:
     pred = predictions(tables, link, tolerance)
     figures = out / "figures"
     _style()
-    made = [fig_map(link, pred, figures), fig_predictors(link, figures)]
+    width = main_width(link)
+    made = [
+        fig_map(link[link["width"] == width], pred[pred["width"] == width], figures),
+        fig_predictors(link, figures),
+        fig_width(link, figures),
+    ]
+    made = [path for path in made if path is not None]
+    slice_ = width_slice(link)
     done = sum(int(s.done.sum()) for s in stores)
     total = sum(int(s.done.size) for s in stores)
     attrs = stores[0].ds.attrs
@@ -368,6 +452,19 @@ def build_report(paths: list[Path], out: Path, tolerance: float) -> Path:
         "",
         accuracy_grids(link),
         "",
+        *(
+            [
+                "## Width slice (chi_1 = 1)",
+                "",
+                "Final test accuracy, with the log-gain spread (H2, which falls like "
+                "1 / sqrt(width)) in brackets; L r (H6) does not depend on the width.",
+                "",
+                markdown_table(slice_),
+                "",
+            ]
+            if not slice_.empty
+            else []
+        ),
         "## Predicted depth where training stops, against the deepest that trains",
         "",
         f"A configuration trains when within {tolerance:g} of the baseline's best. Depths in "

@@ -25,9 +25,10 @@ Definitions.
   network predicted when it stopped (with NaN logits every image gets the first class: about
   chance). Mean and sd (ddof = 1; blank for one run) over the runs; ``best_test_acc`` is the mean
   over the runs of the highest test accuracy over epochs.
-- Theory window of a clipped cell of a named family: [gp.min_gradient_clip, gp.max_stable_clip] at
-  its GP sparsity and q* (:func:`analysis.instability.theory_window`); ``window`` is "inside",
-  "below", "above", "unclipped", or "none" (a user shape, which has no window).
+- Theory window of a clipped cell: [gp.min_gradient_clip, gp.max_stable_clip] at its GP sparsity
+  and q* (:func:`analysis.instability.theory_window`: a named family, or a user shape that uses m);
+  ``window`` is "inside", "below", "above", "unclipped", or "none" (a shape without a clip level
+  to vary, which has no window).
 - Hidden sparsity of a run at epoch e on a probe batch: the fraction of exact zeros of phi(h^l)
   averaged over its L hidden layers, s_bar^e = (1/L) sum_l s^{e,l}; mean over the runs that did not
   diverge (a network with NaN weights has no sparsity). Its spread over layers is the smallest and
@@ -76,6 +77,7 @@ from scipy import stats
 
 from simulate import gp, schema
 from simulate.activations import Activation
+from simulate.spec import Shape
 
 from ._cli import CommandError, Parser, run_cli
 from ._store import (
@@ -270,15 +272,15 @@ def accuracy_table(tr: TrainingResults) -> pd.DataFrame:
     return _frame(table, tr.config_dims, done.any("run_seed"))
 
 
-def window_status(family: str, sparsity: float, q_star: float, clip: float) -> str:
-    """Where the clip level lies: "unclipped", "inside", "below" or "above" the theory window, or
-    "none" for a family without one (module docstring)."""
+def window_status(
+    family: str, sparsity: float, q_star: float, clip: float, shape: Shape | None = None
+) -> str:
+    """Where the clip level lies: "unclipped", or ``gp.ClipWindow.place`` in the theory window of
+    :func:`analysis.instability.theory_window` ("inside", "below", "above", or "none" for a family
+    without one; ``shape``: the user shape named ``family``, if it is one)."""
     if not math.isfinite(clip):
         return "unclipped"
-    low, high = theory_window(family, sparsity, q_star)
-    if math.isnan(low):
-        return "none"
-    return "below" if clip < low else "above" if clip > high else "inside"
+    return theory_window(family, sparsity, q_star, shape).place(clip)
 
 
 def theory_table(tr: TrainingResults) -> pd.DataFrame:
@@ -289,7 +291,8 @@ def theory_table(tr: TrainingResults) -> pd.DataFrame:
         xr.ones_like(tr.ds["v_slope"], dtype=bool),
     )
     table["window"] = [
-        window_status(r.family, r.gp_sparsity, r.q_star, r.clip) for r in table.itertuples()
+        window_status(r.family, r.gp_sparsity, r.q_star, r.clip, tr.shapes.get(r.family))
+        for r in table.itertuples()
     ]
     return table
 

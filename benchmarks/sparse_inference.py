@@ -155,8 +155,8 @@ def recommended_clip(family: str, sparsity: float) -> float:
     """m = sqrt(m_lo m_hi), the middle of the clip window (``simulate.recommend``)."""
     from simulate import gp
 
-    lo = gp.min_gradient_clip(family, sparsity, Q_STAR)
-    return (lo * gp.max_stable_clip(family, sparsity, Q_STAR)) ** 0.5
+    window = gp.family_clip_window(family, sparsity, Q_STAR)
+    return (window.low * window.high) ** 0.5
 
 
 class EocNetworks:

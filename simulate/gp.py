@@ -29,8 +29,10 @@ of a named family) with numpy rules.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -510,13 +512,20 @@ def iterate_variance(act: Activation, q0, sigma_w2, sigma_b2, depth: int) -> np.
     return np.stack(np.broadcast_arrays(*out))
 
 
-def _secant_excess(at_clip, q_star: float, m: float) -> float:
+ClipFamily = Callable[[float], Activation]
+"""An activation parametrised by its clip level m, m -> Activation: a named family at a GP sparsity
+(``functools.partial(Activation.from_sparsity, family, s, q*)``), or a user's shape whose knots,
+values or slopes move with m. Every member is solved on the EoC at q* by the clip-window search."""
+
+
+def _secant_excess(at_clip: ClipFamily, q_star: float, m: float) -> float:
     """max over q != q* of (V(q) - q) / (q - q*) for the EoC network of the activation
     ``at_clip(m)``.
 
     Negative iff q* is the only fixed point: any other fixed point gives 0, and as q -> q* the ratio
     tends to V'(q*) - 1 < 0. The maximum is located on a geometric grid up to the bound
-    sup V = sigma_w^2 max phi^2 + sigma_b^2, then refined by a bounded scalar search.
+    sup V = sigma_w^2 max phi^2 + sigma_b^2 (an unbounded phi: the top of the range
+    ``fixed_points`` searches), then refined by a bounded scalar search.
     """
     act = at_clip(m)
     eoc = edge_of_chaos(act, q_star)
@@ -524,7 +533,11 @@ def _secant_excess(at_clip, q_star: float, m: float) -> float:
     def ratio(q):
         return (variance_map(act, q, eoc.sigma_w2, eoc.sigma_b2) - q) / (q - q_star)
 
-    q_hi = 1.01 * _bound_of_v(act, eoc.sigma_w2, eoc.sigma_b2) + 2 * q_star
+    bound = _bound_of_v(act, eoc.sigma_w2, eoc.sigma_b2)
+    if math.isfinite(bound):
+        q_hi = 1.01 * bound + 2 * q_star
+    else:
+        q_hi = _search_range(act, eoc.sigma_w2, eoc.sigma_b2)[1]
     grid = np.geomspace(1e-4 * q_star, q_hi, 801)
     grid = grid[np.abs(grid / q_star - 1.0) > 1e-4]
     values = ratio(grid)
@@ -536,34 +549,40 @@ def _secant_excess(at_clip, q_star: float, m: float) -> float:
     return max(float(values[i]), float(-best.fun))
 
 
-def max_stable_clip(family: str, sparsity: float, q_star: float = 1.0, *, xtol: float = 1e-8):
-    """The largest clip level m for which q* is the only fixed point of the EoC variance map of
-    ``Activation.from_sparsity(family, sparsity, q_star, m)``.
+MAX_CLIP_SEARCH = 1e3
+"""Both edge searches give up (ValueError) beyond m = MAX_CLIP_SEARCH sqrt(q*)."""
 
-    In general: for any family of bounded activations indexed by a clip level m (the EoC solved at q*
-    for each m), the m at which V first grows a second pair of fixed points above q* (a saddle-node
-    bifurcation, docs/theory.md). Below it every network started near q* stays there in the GP limit;
-    above it the map is bistable. Found by a geometric scan in m for a sign change of
-    ``_secant_excess`` and brentq on it to ``xtol`` (absolute, in units of sqrt(q*)).
+
+def max_stable_clip(at_clip: ClipFamily, q_star: float = 1.0, *, xtol: float = 1e-8) -> float:
+    """Upper edge of the clip window: the largest clip level m for which q* is the only fixed point
+    of the EoC variance map of ``at_clip(m)`` (each member on its own EoC at q*).
+
+    For a family of bounded activations indexed by a clip level m, the m at which V first grows a
+    second pair of fixed points above q* (a saddle-node bifurcation, docs/theory.md). Below it every
+    network started near q* stays there in the GP limit; above it the map is bistable. Found by a
+    geometric scan in m (from 0.25 sqrt(q*), steps of 1.25) for a sign change of
+    ``_secant_excess`` and brentq on it to ``xtol`` (absolute, in units of sqrt(q*)). ValueError
+    when there are extra fixed points already at the start of the scan, or none by
+    ``MAX_CLIP_SEARCH`` sqrt(q*).
     """
     root_q = math.sqrt(q_star)
 
     def excess(m):
-        return _secant_excess(
-            lambda clip: Activation.from_sparsity(family, sparsity, q_star, clip),
-            q_star,
-            m * root_q,
-        )
+        return _secant_excess(at_clip, q_star, m * root_q)
 
     lo = 0.25
     if excess(lo) >= 0:
-        raise ValueError(f"sparsity={sparsity!r}: extra fixed points exist even at m={lo} sqrt(q*)")
+        raise ValueError(
+            f"{at_clip(lo * root_q).label()}: extra fixed points exist even at m={lo} sqrt(q*) "
+            f"(q*={q_star})"
+        )
     hi = lo * 1.25
     while excess(hi) < 0:
         lo, hi = hi, hi * 1.25
-        if hi > 1e3:
+        if hi > MAX_CLIP_SEARCH:
             raise ValueError(
-                f"sparsity={sparsity!r}: no bistability found for m up to 1e3 sqrt(q*)"
+                f"{at_clip(lo * root_q).label()}: no bistability found for m up to "
+                f"{MAX_CLIP_SEARCH:g} sqrt(q*) (q*={q_star})"
             )
     return root_q * optimize.brentq(excess, lo, hi, xtol=xtol, rtol=1e-12)
 
@@ -571,23 +590,83 @@ def max_stable_clip(family: str, sparsity: float, q_star: float = 1.0, *, xtol: 
 MIN_GRADIENT_FRACTION = 0.5
 """Lower edge of the clip window: at least this fraction of the active units pass gradient."""
 
+_MIN_CLIP = 1e-9
+"""The lower edge search starts at m = _MIN_CLIP sqrt(q*)."""
 
-def min_gradient_clip(family: str, sparsity: float, q_star: float = 1.0) -> float:
-    """The smallest clip level m at which ``gradient_fraction`` at q* reaches 1/2, for
-    ``Activation.from_sparsity(family, sparsity, q_star, m)``: below it most active units sit on the
-    clipped pieces, where phi' = 0, and gradients die out. (For any family of activations indexed by
-    a clip level whose gradient fraction rises with m.) brentq in m to 1e-12 sqrt(q*).
+
+def min_gradient_clip(at_clip: ClipFamily, q_star: float = 1.0) -> float:
+    """Lower edge of the clip window: the smallest clip level m at which the fraction of the active
+    units that pass gradient at q*, ``gradient_fraction(at_clip(m), q*)``, reaches
+    ``MIN_GRADIENT_FRACTION`` = 1/2. Below it most active units sit on the clipped pieces, where
+    phi' = 0, and gradients die out. (For a family whose gradient fraction rises with m; CReLU and
+    CST: m_low = sqrt(q*) [Phi^{-1}((1 + Phi(a)) / 2) - a], a = tau / sqrt(q*).)
+
+    brentq in m on [1e-9, hi] to 1e-12 sqrt(q*), hi doubled from sqrt(q*) until the fraction is
+    reached (ValueError if not by ``MAX_CLIP_SEARCH`` sqrt(q*)); 0 when the fraction is reached
+    already at m = 1e-9 sqrt(q*) (every m passes, as when a leaky piece keeps phi' != 0).
     """
     root_q = math.sqrt(q_star)
 
     def gap(m):
-        act = Activation.from_sparsity(family, sparsity, q_star, m * root_q)
-        return float(gradient_fraction(act, q_star)) - MIN_GRADIENT_FRACTION
+        return float(gradient_fraction(at_clip(m * root_q), q_star)) - MIN_GRADIENT_FRACTION
 
+    if gap(_MIN_CLIP) >= 0:
+        return 0.0
     hi = 1.0
     while gap(hi) < 0:
         hi *= 2.0
-    return root_q * optimize.brentq(gap, 1e-9, hi, xtol=1e-12, rtol=1e-12)
+        if hi > MAX_CLIP_SEARCH:
+            raise ValueError(
+                f"{at_clip(root_q).label()}: fewer than {MIN_GRADIENT_FRACTION:g} of the active "
+                f"units pass gradient for m up to {MAX_CLIP_SEARCH:g} sqrt(q*) (q*={q_star})"
+            )
+    return root_q * optimize.brentq(gap, _MIN_CLIP, hi, xtol=1e-12, rtol=1e-12)
+
+
+@dataclass(frozen=True)
+class ClipWindow:
+    """The clip levels [low, high] at which a clipped network on the EoC at q* is both trainable
+    and stable: low = ``min_gradient_clip`` (half of the active units pass gradient), high =
+    ``max_stable_clip`` (q* the only fixed point of V). NaN edges: an activation without a clip
+    level to vary, which has no window (nothing is inside)."""
+
+    low: float
+    high: float
+
+    def contains(self, m):
+        """low <= m <= high (elementwise over an array): False for m = inf (unclipped) and for
+        every m when the edges are NaN."""
+        return (self.low <= m) & (m <= self.high)
+
+    def place(self, m: float) -> str:
+        """Where ``m`` lies: "inside", "below" or "above" the window (m = inf is above), or
+        "none" when there is no window (NaN edges)."""
+        if not self.defined:
+            return "none"
+        return "inside" if self.contains(m) else "below" if m < self.low else "above"
+
+    @property
+    def defined(self) -> bool:
+        """False for the NaN window of an activation without a clip level to vary."""
+        return not (math.isnan(self.low) or math.isnan(self.high))
+
+
+def clip_window(at_clip: ClipFamily, q_star: float = 1.0) -> ClipWindow:
+    """The clip window [``min_gradient_clip``, ``max_stable_clip``] of the activation ``at_clip(m)``
+    parametrised by its clip level m, each member on its EoC at q* (docs/theory.md, section 4).
+    Either search's ValueError passes through. The window may be empty (low >= high: no m is both
+    trainable and stable)."""
+    return ClipWindow(min_gradient_clip(at_clip, q_star), max_stable_clip(at_clip, q_star))
+
+
+@functools.lru_cache(maxsize=1024)
+def family_clip_window(family: str, sparsity: float, q_star: float = 1.0) -> ClipWindow:
+    """The clip window of the named ``family`` at GP sparsity ``sparsity`` and q*: ``clip_window``
+    of m -> ``Activation.from_sparsity(family, sparsity, q_star, m)`` (tau fixed by the sparsity,
+    which clipping does not change). Cached: the window search is a bifurcation search."""
+    return clip_window(
+        functools.partial(Activation.from_sparsity, family, sparsity, q_star), q_star
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,10 +26,12 @@ For the named family at GP sparsity s and variance fixed point q* it reports:
 - the spread of the gradients: the normalised variance L r of the squared singular values of the
   input-output Jacobian at infinite width (``gp.jacobian_spread``; ReLU: 2 L), and the sd of the
   log gain of a forward tangent through the L layers at that width (``gp.log_gain_spread``);
-- whether such a network is expected to train (:func:`trainability`): the Jacobian spread L r
-  against the spreads at which the trainability study's networks trained or failed
-  (``TRAINS_SPREAD``, ``FAILS_SPREAD``), and what would bring it inside: the deepest network of this
-  activation, and the highest sparsity (at its own recommended m) that trains at this depth;
+- whether such a network is expected to train (:func:`trainability`): its two spreads, the
+  Jacobian spread L r (width-independent) and the log-gain spread (falls like 1 / sqrt(width)),
+  against those at which the trainability study's networks trained or failed (``TRAINS_SPREAD``,
+  ``FAILS_SPREAD``, ``TRAINS_LOG_GAIN``, ``FAILS_LOG_GAIN``), and what would bring it inside: the
+  deepest network of this activation at this width, the narrowest width that would do at this
+  depth, and the highest sparsity (at its own recommended m) that trains at this depth and width;
 - the unclipped twin (same tau, m = inf: ReLU_tau or ST_tau) in a quick Monte Carlo of that exact
   architecture (``simulate.engines.run_cell``, ``--nets`` networks, default pair of inputs at q*): the
   fraction whose q leaves [q*/10, 10 q*] by the last layer and the median escape layer (networks that
@@ -73,14 +75,8 @@ def recommend(
     jacobian_spread_relu, log_gain_sd, trainability (:func:`trainability`), twin (label, nets, escaped_fraction,
     median_escape_layer: None when beyond ``depth``), initialiser."""
     _check(family, sparsity, depth, width, q_star, nets, seed)
-    m_lo = gp.min_gradient_clip(family, sparsity, q_star)
-    m_hi = gp.max_stable_clip(family, sparsity, q_star)
-    if m_lo >= m_hi:
-        raise ValueError(
-            f"sparsity={sparsity!r}: the clip window is empty at q*={q_star} "
-            f"(gradient edge {m_lo:.3g} >= stability edge {m_hi:.3g})"
-        )
-    m = math.sqrt(m_lo * m_hi)
+    window = gp.family_clip_window(family, sparsity, q_star)
+    m = recommended_clip(family, sparsity, q_star)
     act = Activation.from_sparsity(family, sparsity, q_star, m)
     eoc = gp.edge_of_chaos(act, q_star)
     sigma_w2, sigma_b2 = float(eoc.sigma_w2), float(eoc.sigma_b2)
@@ -105,7 +101,7 @@ def recommend(
         "depth": int(depth),
         "width": int(width),
         "tau": float(act.tau),
-        "clip_window": [m_lo, m_hi],
+        "clip_window": [window.low, window.high],
         "m": m,
         "gradient_fraction": float(gp.gradient_fraction(act, q_star)),
         "sigma_w2": sigma_w2,
@@ -119,9 +115,7 @@ def recommend(
             relu, q_star, float(relu_eoc.sigma_w2), float(relu_eoc.sigma_b2), depth
         ),
         "jacobian_spread": float(gp.jacobian_spread(act, q_star, depth)),
-        "trainability": trainability(
-            family, sparsity, depth, q_star, float(gp.slope_kurtosis(act, q_star))
-        ),
+        "trainability": trainability(family, sparsity, depth, width, q_star),
         "jacobian_spread_relu": float(gp.jacobian_spread(relu, q_star, depth)),
         "log_gain_sd": float(gp.log_gain_spread(act, q_star, sigma_w2, sigma_b2, depth, width)[-1]),
         "twin": {
@@ -137,43 +131,96 @@ def recommend(
     }
 
 
-TRAINS_SPREAD = 248.0
+TRAINS_SPREAD = 250.0
 """The largest Jacobian spread L r at which a sparse network of the trainability study trained to
-within 2 points of the ReLU baseline's best (CReLU s = 0.85, m = 0.86, L = 30, chi_1 = 0.9: 0.827
-against 0.836; results/trainability/report.md: Fashion-MNIST, 10,000 images, 20 epochs, one seed)."""
+within 2 points of the ReLU baseline's best (248, rounded: CReLU s = 0.85, m = 0.86, L = 30,
+chi_1 = 0.9: 0.827 against 0.836; results/trainability/report.md: Fashion-MNIST, 10,000 images,
+20 epochs, one seed)."""
 
-FAILS_SPREAD = 413.0
-"""The smallest spread at which one fell more than 10 points short (the same CReLU at L = 50: 0.70 at
-chi_1 = 0.9 and 1). Between the two the study has no verdict yet."""
+FAILS_SPREAD = 410.0
+"""The smallest spread at which one fell more than 10 points short (413, rounded: the same CReLU
+at L = 50, 0.70 at chi_1 = 0.9 and 1, and still about 0.75 at width 1000, where its log-gain spread
+is below ReLU's at width 100). Between the two the study has no verdict yet."""
+
+TRAINS_LOG_GAIN = 1.66
+"""The largest log-gain spread (sd of ln gain through the L layers, at the network's width) at
+which a network of the study trained at the EoC (1.65, rounded: CReLU s = 0.85 at L = 30, width
+300, 0.794; ReLU at L = 50, width 100, 1.58, 0.820)."""
+
+FAILS_LOG_GAIN = 2.3
+"""The smallest log-gain spread at which a network whose Jacobian spread is within TRAINS_SPREAD
+fell more than 10 points short (2.33, rounded: CReLU s = 0.85 at L = 20, width 100, 0.726; 0.816
+at width 300, where it is 1.35). The log-gain spread falls like 1 / sqrt(width), the Jacobian
+spread not at all: a wider network cures the first, never the second."""
 
 SPARSITIES = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
-"""The sparsities searched for the highest that trains at the user's depth."""
+"""The sparsities searched for the highest that trains at the user's depth and width."""
 
 
-def trainability(family: str, sparsity: float, depth: int, q_star: float, r: float) -> dict:
-    """The verdict for slope kurtosis ``r`` at ``depth`` (module docstring): "expected to train"
-    (L r <= TRAINS_SPREAD), "not expected to train" (L r >= FAILS_SPREAD) or "uncertain"; the
-    deepest network expected to train, floor(TRAINS_SPREAD / r); and the highest sparsity of
-    :data:`SPARSITIES` whose recommended m gives L r <= TRAINS_SPREAD (None: not even 0.5)."""
-    spread = depth * r
-    if spread <= TRAINS_SPREAD:
+def recommended_clip(family: str, sparsity: float, q_star: float) -> float:
+    """The recommended clip m = sqrt(m_lo m_hi), the geometric middle of the clip window
+    ``gp.family_clip_window`` (module docstring); ValueError when the window is empty."""
+    window = gp.family_clip_window(family, sparsity, q_star)
+    if not window.low < window.high:
+        raise ValueError(
+            f"sparsity={sparsity!r}: the clip window is empty at q*={q_star} "
+            f"(gradient edge {window.low:.3g} >= stability edge {window.high:.3g})"
+        )
+    return math.sqrt(window.low * window.high)
+
+
+def _spreads(family: str, sparsity: float, q_star: float, width: int, depth: int | None = None):
+    """(r, the log-gain spread at depths 1..depth and ``width``) of the recommended network of
+    ``sparsity`` at the EoC (``gp.slope_kurtosis``, ``gp.log_gain_spread``); depth None: as deep
+    as L r <= TRAINS_SPREAD allows (the deepest that can be expected to train)."""
+    act = Activation.from_sparsity(
+        family, sparsity, q_star, recommended_clip(family, sparsity, q_star)
+    )
+    r = float(gp.slope_kurtosis(act, q_star))
+    depth = max(math.floor(TRAINS_SPREAD / r), 1) if depth is None else depth
+    eoc = gp.edge_of_chaos(act, q_star)
+    gain = gp.log_gain_spread(act, q_star, float(eoc.sigma_w2), float(eoc.sigma_b2), depth, width)
+    return r, gain
+
+
+def trainability(family: str, sparsity: float, depth: int, width: int, q_star: float) -> dict:
+    """The verdict for the recommended network of ``sparsity`` at ``depth`` and ``width``, from its
+    two spreads against the trainability study (docs/training.md): "expected to train" when the
+    Jacobian spread L r <= TRAINS_SPREAD and the log-gain spread <= TRAINS_LOG_GAIN, "not expected
+    to train" when L r >= FAILS_SPREAD or the log-gain spread >= FAILS_LOG_GAIN, else "uncertain".
+    And what would bring it inside: ``max_depth``, the deepest network of this activation and width
+    expected to train; ``min_width``, the narrowest width at which this depth is (None: no width,
+    L r is too large; the log-gain spread falls like 1 / sqrt(width)); ``max_sparsity``, the highest
+    of :data:`SPARSITIES` expected to train at this depth and width (None: not even 0.5)."""
+
+    def fits(r: float, gain: float, layers: int) -> bool:
+        return layers * r <= TRAINS_SPREAD and gain <= TRAINS_LOG_GAIN
+
+    r, gain = _spreads(family, sparsity, q_star, width, depth)
+    spread, at_depth = depth * r, float(gain[-1])
+    if fits(r, at_depth, depth):
         verdict = "expected to train"
-    elif spread >= FAILS_SPREAD:
+    elif spread >= FAILS_SPREAD or at_depth >= FAILS_LOG_GAIN:
         verdict = "not expected to train"
     else:
         verdict = "uncertain"
+    _, deepest = _spreads(family, sparsity, q_star, width)
+    max_depth = max((n for n, g in enumerate(deepest, 1) if fits(r, g, n)), default=0)
     best = None
     for s in SPARSITIES:
-        m = math.sqrt(
-            gp.min_gradient_clip(family, s, q_star) * gp.max_stable_clip(family, s, q_star)
-        )
-        act = Activation.from_sparsity(family, s, q_star, m)
-        if depth * float(gp.slope_kurtosis(act, q_star)) <= TRAINS_SPREAD:
+        r_s, gain_s = _spreads(family, float(s), q_star, width, depth)
+        if fits(r_s, float(gain_s[-1]), depth):
             best = float(s)
     return {
         "verdict": verdict,
         "jacobian_spread": spread,
-        "max_depth": math.floor(TRAINS_SPREAD / r),
+        "log_gain_sd": at_depth,
+        "max_depth": max_depth,
+        "min_width": (
+            math.ceil(width * (at_depth / TRAINS_LOG_GAIN) ** 2)
+            if spread <= TRAINS_SPREAD
+            else None
+        ),
         "max_sparsity": best,
         "evidence": "results/trainability/report.md (provisional: one seed, a partial map)",
     }
@@ -216,6 +263,11 @@ def render(r: dict) -> str:
     median = f"> {r['depth']}" if median is None else str(median)
     t = r["trainability"]
     max_s = "none of 0.5 to 0.95" if t["max_sparsity"] is None else f"{t['max_sparsity']:g}"
+    min_width = (
+        "no width (L r is too large at any width)"
+        if t["min_width"] is None
+        else f"width >= {t['min_width']}"
+    )
     rows = [
         f"{r['family']} at sparsity {r['sparsity']:g}, q* = {r['q_star']:g}, "
         f"depth {r['depth']}, width {r['width']}",
@@ -236,9 +288,11 @@ def render(r: dict) -> str:
         f"{r['jacobian_spread_relu']:.3g}); sd of the log gain {r['log_gain_sd']:.2g} at width "
         f"{r['width']}",
         f"  trains?            {t['verdict']}: L r = {t['jacobian_spread']:.3g} against "
-        f"{TRAINS_SPREAD:g} (trained) and {FAILS_SPREAD:g} (failed) in {t['evidence']}",
-        f"                     this activation is expected to train to depth {t['max_depth']}; "
-        f"at depth {r['depth']}: sparsity <= {max_s}",
+        f"{TRAINS_SPREAD:g} (trained) and {FAILS_SPREAD:g} (failed), log-gain sd "
+        f"{t['log_gain_sd']:.2f} against {TRAINS_LOG_GAIN:g} and {FAILS_LOG_GAIN:g}, in "
+        f"{t['evidence']}",
+        f"                     at width {r['width']} this activation is expected to train to "
+        f"depth {t['max_depth']}; at depth {r['depth']}: {min_width}, sparsity <= {max_s}",
         f"  unclipped twin     {twin['label']}: {twin['escaped_fraction']:.0%} of {twin['nets']} "
         f"Monte Carlo nets leave [q*/10, 10 q*] by layer {r['depth']}; median escape layer {median}",
         "  initialiser        from simulate.activations import Activation",

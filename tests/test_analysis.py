@@ -27,8 +27,9 @@ from analysis._cli import run_cli
 from analysis._store import Results, StoreError, open_results
 from analysis._table import markdown_table
 from analysis.survival import kaplan_meier, median_survival, survival_at
-from simulate import gp
+from simulate import gp, schema
 from simulate.activations import Activation
+from simulate.spec import Shape
 
 # -- Kaplan-Meier -------------------------------------------------------------------------------
 
@@ -422,7 +423,8 @@ def test_theory_window_edges(family):
     within 4 SE). Upper edge: q* is the only fixed point of V at m = 0.99 m_high, and three
     appear at 1.01 m_high. At q* = 2 so that the sqrt(q*) scaling shows."""
     s, q_star = 0.8, 2.0
-    low, high = instability.theory_window(family, s, q_star)
+    window = instability.theory_window(family, s, q_star)
+    low, high = window.low, window.high
     a = stats.norm.ppf(s if family == "crelu" else (1 + s) / 2)
     hand = math.sqrt(q_star) * (stats.norm.ppf((1 + stats.norm.cdf(a)) / 2) - a)
     assert low == pytest.approx(hand, rel=1e-9)
@@ -437,8 +439,76 @@ def test_theory_window_edges(family):
         assert _fixed_point_count(act, eoc.sigma_w2, eoc.sigma_b2, q_star) == count, m
 
 
-def test_theory_window_is_undefined_for_a_shape_without_a_clip_family():
-    assert all(math.isnan(edge) for edge in instability.theory_window("my_shape", 0.8, 1.0))
+CST_BY_POINTS = {
+    "name": "cst_pts",
+    "knots": ["-tau - m", "-tau", "tau", "tau + m"],
+    "values": ["-m", 0, 0, "m"],
+}
+
+
+def test_theory_window_of_a_user_shape_that_uses_m():
+    """CST written as a shape in tau and m has CST's window (its tau found per m by root finding,
+    to 1e-13 sqrt(q*)); an asymmetric shape whose dead zone [-tau - m/2, tau] widens with m (so
+    its tau at the target sparsity moves with m) gets its own window,
+    whose lower edge passes the definition (half of its active units pass gradient, by
+    quadrature) and whose upper edge separates one fixed point from three."""
+    s, q_star = 0.8, 2.0
+    named = instability.theory_window("cst", s, q_star)
+    shape = Shape.from_table(CST_BY_POINTS)
+    window = instability.theory_window("cst_pts", s, q_star, shape)
+    assert window.low == pytest.approx(named.low, abs=1e-10)
+    assert window.high == pytest.approx(named.high, abs=1e-10)
+
+    wide = Shape.from_table({"name": "wide", "knots": ["-tau - m", "-tau - m/2", "tau", "tau + m"],
+                             "values": ["-m/2", 0, 0, "m"]})  # fmt: skip
+    window = instability.theory_window("wide", s, q_star, wide)
+    assert 0 < window.low < window.high
+
+    def at(m):
+        return wide.at(wide.tau_for_sparsity(s, q_star, m), m)
+
+    act = at(window.low)
+    assert float(gp.sparsity(act, q_star)) == pytest.approx(s, abs=1e-12)
+    passing = gp.gaussian_expectation(lambda x: float(act.derivative(x) != 0), q_star, act.kinks)
+    active = gp.gaussian_expectation(lambda x: float(act(x) != 0), q_star, act.kinks)
+    assert passing / active == pytest.approx(0.5, rel=1e-9)
+    for m, count in ((0.99 * window.high, 1), (1.01 * window.high, 3)):
+        act = at(m)
+        eoc = gp.edge_of_chaos(act, q_star)
+        assert _fixed_point_count(act, eoc.sigma_w2, eoc.sigma_b2, q_star) == count, m
+
+
+def test_theory_window_is_undefined_without_a_clip_level_to_vary():
+    """No window (NaN edges, nothing inside) for a shape that does not use m (it is the same
+    function at every clip level), for a family whose shape is not known, and for a shape whose
+    window the search cannot find (here: m does not change how many units pass gradient)."""
+    no_m = Shape.from_table({"name": "st", "knots": ["-tau", "tau"], "values": [0, 0],
+                             "left_slope": 1, "right_slope": 1})  # fmt: skip
+    stuck = Shape.from_table({"name": "stuck", "knots": ["tau", "tau + 0.01", "tau + 0.01 + m"],
+                              "values": [0, 0.01, 0.01]})  # fmt: skip
+    for family, shape in (("st", no_m), ("my_shape", None), ("stuck", stuck)):
+        window = instability.theory_window(family, 0.8, 1.0, shape)
+        assert window is instability.NO_WINDOW and not window.defined, family
+        assert not window.contains(1.0)
+
+
+def test_stored_user_shape_gets_its_window():
+    """A store of CST and the same function as a user shape: the store reads the shape from its
+    spec, and the phase table marks the same clip levels inside the window for both."""
+    ds = schema.synthetic_store(
+        family=["cst", "cst_pts"],
+        shape=CST_BY_POINTS,
+        sparsity=[0.8],
+        clip=[0.1, 1.0, 2.0],  # a shape that uses m needs finite clip levels
+        width=[16],
+        depth=2,
+        nets=2,
+    )
+    results = Results(ds)
+    assert results.shapes == {"cst_pts": Shape.from_table(CST_BY_POINTS)}
+    table = phase.theory_phase_of(results)
+    inside = {f: list(g["in_window_theory"]) for f, g in table.groupby("family")}
+    assert inside["cst"] == inside["cst_pts"] == [False, True, False]
 
 
 @pytest.fixture(scope="module")

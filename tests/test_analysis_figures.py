@@ -66,7 +66,7 @@ def test_phase_diagram_has_one_row_per_q_star(two_q_stars, drawn, tmp_path):
     assert _texts(axes[1])[(0, clip_column)] == "1"
     for ax, q_star in zip(axes, (1.0, 4.0), strict=True):
         upper = next(line for line in ax.lines if line.get_label() == "theory upper edge")
-        m_high = theory_window("crelu", 0.8, q_star)[1]
+        m_high = theory_window("crelu", 0.8, q_star).high
         clips = np.array([1.0, 3.0, math.inf])
         assert upper.get_xdata()[0] == pytest.approx(figures._clip_position(clips, m_high))
 

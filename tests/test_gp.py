@@ -2,13 +2,14 @@
 
 import itertools
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate
-from scipy.special import ndtr
+from scipy.special import ndtr, ndtri
 from scipy.stats import multivariate_normal
 
 from simulate import gp
@@ -155,6 +156,11 @@ def test_clipped_slope_below_one_and_matches_science_formula(family):
     assert np.all(slope[:, CLIPS[:-1] <= 3] < 1)
 
 
+def clip_line(family, s, q_star=1.0):
+    """The members of a named family with GP sparsity s at q*, as a function of the clip level m."""
+    return partial(Activation.from_sparsity, family, s, q_star)
+
+
 def test_scale_invariance():
     """Everything depends on tau / sqrt(q*) and m / sqrt(q*) only."""
     a1 = Activation.from_sparsity("crelu", 0.8, 1.0, 1.5)
@@ -165,7 +171,9 @@ def test_scale_invariance():
         gp.variance_slope(a1, 1.0, e1.sigma_w2), gp.variance_slope(a4, 4.0, e4.sigma_w2), rtol=1e-13
     )
     np.testing.assert_allclose(
-        gp.max_stable_clip("crelu", 0.8, 4.0), 2 * gp.max_stable_clip("crelu", 0.8, 1.0), rtol=1e-7
+        gp.max_stable_clip(clip_line("crelu", 0.8, 4.0), 4.0),
+        2 * gp.max_stable_clip(clip_line("crelu", 0.8)),
+        rtol=1e-7,
     )
 
 
@@ -208,7 +216,7 @@ def test_fixed_points_off_eoc_ordered_and_line_of_fixed_points():
 )  # fmt: skip
 def test_max_stable_clip_against_fixed_point_count(family, sparsity, approx):
     """1 fixed point just below m_c, 3 just above (to 1e-6), and the published rounded values (docs/theory.md)."""
-    m_c = gp.max_stable_clip(family, sparsity, 1.0)
+    m_c = gp.max_stable_clip(clip_line(family, sparsity), 1.0)
     assert abs(m_c - approx) < 0.1
     for dm, count in [(-2e-6, 1), (2e-6, 3)]:
         assert len(gp.fixed_points(*eoc_net(family, sparsity, m_c + dm))) == count
@@ -219,11 +227,137 @@ def test_max_stable_clip_matches_brute_force_scan():
     m_grid = np.arange(1.50, 2.60, 0.01)
     counts = [len(gp.fixed_points(*eoc_net("cst", 0.7, m))) for m in m_grid]
     first = m_grid[np.argmax(np.array(counts) > 1)]
-    assert first - 0.01 < gp.max_stable_clip("cst", 0.7, 1.0) <= first
+    assert first - 0.01 < gp.max_stable_clip(clip_line("cst", 0.7), 1.0) <= first
     # CST at sparsity s behaves like CReLU at (1 + s) / 2 (docs/theory.md)
     np.testing.assert_allclose(
-        gp.max_stable_clip("cst", 0.7), gp.max_stable_clip("crelu", 0.85), rtol=1e-7
+        gp.max_stable_clip(clip_line("cst", 0.7)),
+        gp.max_stable_clip(clip_line("crelu", 0.85)),
+        rtol=1e-7,
     )
+
+
+# the clip window of any activation parametrised by m, against checks that share no code with its
+# searches: quadrature for the lower edge, a dense scan of V(q) - q for the upper one
+
+WINDOW_Q = 2.0
+WINDOW_TAU = math.sqrt(WINDOW_Q) * ndtri(0.8)  # CReLU-like shapes at GP sparsity 0.8
+
+
+def _two_step(m):
+    """A user's shape: slope 1 up to tau + m, 1/2 up to tau + 2m, flat beyond."""
+    t = WINDOW_TAU
+    return Activation.piecewise_linear([t, t + m, t + 2 * m], [0.0, m, 1.5 * m], name="two_step")
+
+
+def _leaky_clip(m):
+    """Unbounded: CReLU whose clipped piece keeps slope 0.05, so every active unit passes
+    gradient at any m (lower edge 0)."""
+    t = WINDOW_TAU
+    return Activation.piecewise_linear([t, t + m], [0.0, m], 0.0, 0.05, name="leaky_clip")
+
+
+def _crelu_by_points(m):
+    return Activation.piecewise_linear([WINDOW_TAU, WINDOW_TAU + m], [0.0, m], name="crelu_pts")
+
+
+WINDOW_CASES = {
+    "crelu": clip_line("crelu", 0.8, WINDOW_Q),
+    "cst": clip_line("cst", 0.6, WINDOW_Q),
+    "two_step": _two_step,
+    "leaky_clip": _leaky_clip,
+}
+
+
+def _quadrature_gradient_fraction(act, q):
+    """P(phi' != 0) / P(phi != 0) at variance q by adaptive quadrature of the indicators (split
+    at the kinks, where both jump)."""
+    passing = gp.gaussian_expectation(lambda x: float(act.derivative(x) != 0), q, act.kinks)
+    active = gp.gaussian_expectation(lambda x: float(act(x) != 0), q, act.kinks)
+    return passing / active
+
+
+def _crossings(act, q_star):
+    """Sign changes of V(q) - q on the EoC at q* over a dense geometric scan of [q*/10, 1000 q*]
+    (40,000 points, step 0.023%; q* itself, a transversal crossing, seen from points at least
+    0.1% away): the number of fixed points there."""
+    eoc = gp.edge_of_chaos(act, q_star)
+    q = np.geomspace(q_star / 10, 1000 * q_star, 40_000)
+    q = q[np.abs(np.log(q / q_star)) > 1e-3]
+    gap = gp.variance_map(act, q, eoc.sigma_w2, eoc.sigma_b2) - q
+    return int(np.sum(np.sign(gap[1:]) != np.sign(gap[:-1])))
+
+
+@pytest.mark.parametrize("name", WINDOW_CASES)
+def test_clip_window_edges_against_independent_checks(name):
+    """Lower edge: the gradient fraction there is 1/2 (closed form to 1e-11, quadrature to 1e-9);
+    for the leaky clip it is above 1/2 at every m, and the edge is 0. Upper edge: V(q) - q
+    crosses zero once (q* alone) 0.1% below it and three times (a saddle-node pair above q*)
+    0.1% above it."""
+    at_clip = WINDOW_CASES[name]
+    window = gp.clip_window(at_clip, WINDOW_Q)
+    assert 0 <= window.low < window.high
+    if name == "leaky_clip":
+        assert window.low == 0.0
+        for m in (1e-6, 0.1, 1.0):
+            assert _quadrature_gradient_fraction(at_clip(m), WINDOW_Q) == pytest.approx(1.0)
+    else:
+        act = at_clip(window.low)
+        assert gp.gradient_fraction(act, WINDOW_Q) == pytest.approx(0.5, abs=1e-11)
+        assert _quadrature_gradient_fraction(act, WINDOW_Q) == pytest.approx(0.5, rel=1e-9)
+    for factor, count in ((1 - 1e-3, 1), (1 + 1e-3, 3)):
+        assert _crossings(at_clip(factor * window.high), WINDOW_Q) == count, factor
+
+
+def test_clip_window_is_one_search_for_every_description():
+    """CReLU given by its points has the named family's window (one implementation of each edge);
+    ``family_clip_window`` is ``clip_window`` of the family's members, cached."""
+    named = gp.family_clip_window("crelu", 0.8, WINDOW_Q)
+    by_points = gp.clip_window(_crelu_by_points, WINDOW_Q)
+    assert by_points.low == pytest.approx(named.low, abs=1e-10)
+    assert by_points.high == pytest.approx(named.high, abs=1e-10)
+    assert gp.clip_window(clip_line("crelu", 0.8, WINDOW_Q), WINDOW_Q) == named
+    assert gp.family_clip_window("crelu", 0.8, WINDOW_Q) is named
+
+
+def test_clip_window_contains_its_edges_and_nothing_outside():
+    window = gp.family_clip_window("crelu", 0.85, 1.0)
+    low, high = window.low, window.high
+    below, above = np.nextafter(low, 0.0), np.nextafter(high, math.inf)
+    for m, inside, place in [
+        (below, False, "below"),
+        (low, True, "inside"),
+        (math.sqrt(low * high), True, "inside"),
+        (high, True, "inside"),
+        (above, False, "above"),
+        (math.inf, False, "above"),
+    ]:
+        assert window.contains(m) == inside and window.place(m) == place, m
+    np.testing.assert_array_equal(
+        window.contains(np.array([0.0, below, low, high, above, math.inf])),
+        [False, False, True, True, False, False],
+    )
+    assert window.defined
+    none = gp.ClipWindow(math.nan, math.nan)
+    assert not none.defined and none.place(1.0) == "none"
+    assert not any(none.contains(m) for m in (0.0, 1.0, math.inf))
+
+
+def test_clip_window_searches_give_up_with_a_reason():
+    """A shape whose sloped piece does not grow with m never has half of its active units passing
+    gradient; a shape that m does not change (stable at q*) has no bistability to find."""
+    t = WINDOW_TAU
+
+    def stuck(m):
+        return Activation.piecewise_linear([t, t + 0.01, t + 0.01 + m], [0.0, 0.01, 0.01])
+
+    with pytest.raises(ValueError, match="pass gradient for m up to 1000 sqrt"):
+        gp.min_gradient_clip(stuck, WINDOW_Q)
+
+    def fixed(m):
+        return Activation.piecewise_linear([t, t + 1.0], [0.0, 1.0])
+
+    with pytest.raises(ValueError, match="no bistability found for m up to 1000 sqrt"):
+        gp.max_stable_clip(fixed, WINDOW_Q)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -593,7 +727,7 @@ def test_errors(monkeypatch):
     with pytest.raises(ValueError, match="width=0"):
         gp.finite_width(act, 2.0, 0.0, 1.0, 5, 0)
     with pytest.raises(ValueError, match=r"sparsity=0\.3"):
-        gp.max_stable_clip("crelu", 0.3, 1.0)
+        gp.family_clip_window("crelu", 0.3, 1.0)
     # the negative-bias guard cannot trigger for CReLU / CST (Mills' inequality); force it
     monkeypatch.setattr(gp, "activation_moment", lambda act, q, p=2: 2.0 * q)
     with pytest.raises(ValueError, match=r"sigma_b2=.*negative bias variance"):
@@ -694,8 +828,12 @@ def test_min_gradient_clip_closed_form(s):
 
     a = norm.ppf(s)
     expected = 2.0 * (norm.ppf((1 + s) / 2) - a)
-    np.testing.assert_allclose(gp.min_gradient_clip("crelu", s, 4.0), expected, rtol=1e-9)
-    np.testing.assert_allclose(gp.min_gradient_clip("cst", 2 * s - 1, 1.0), expected / 2, rtol=1e-9)
+    np.testing.assert_allclose(
+        gp.min_gradient_clip(clip_line("crelu", s, 4.0), 4.0), expected, rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        gp.min_gradient_clip(clip_line("cst", 2 * s - 1), 1.0), expected / 2, rtol=1e-9
+    )
 
 
 @pytest.mark.parametrize("m", [1e10, 1e155, 1e300])

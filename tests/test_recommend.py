@@ -118,20 +118,37 @@ def test_input_signal_against_the_arc_cosine_kernel(crelu_json):
     assert 0 < crelu_json["corr_gap"] < crelu_json["corr_gap_relu"]
 
 
-def test_the_trainability_verdict_follows_the_jacobian_spread(crelu_json):
+def test_the_trainability_verdict_follows_both_spreads(crelu_json):
     """CReLU s = 0.85 at the recommended m: r = 1 / p with p = Phi(b) - Phi(a), the fraction of
     units on the sloped piece (normal probabilities, not the gp closed forms). At depth 100,
-    L r = 100 / p is above FAILS_SPREAD: not expected to train; the deepest expected to train is
-    floor(TRAINS_SPREAD p); a depth of half that is expected to train."""
+    L r = 100 / p is above FAILS_SPREAD: not expected to train at any width. At the deepest depth
+    expected to train, L r is within TRAINS_SPREAD; one layer deeper, one spread is out. The
+    log-gain spread falls like 1 / sqrt(width): at depth 20, width 100 is too narrow (the study's
+    CReLU fell 9 points short there) and the narrowest width that would do, ``min_width``, is."""
     from scipy import stats
 
-    from simulate.recommend import FAILS_SPREAD, TRAINS_SPREAD, trainability
+    from simulate.recommend import (
+        FAILS_SPREAD,
+        TRAINS_LOG_GAIN,
+        TRAINS_SPREAD,
+        trainability,
+    )
 
     r = crelu_json
     p = stats.norm.cdf(r["tau"] + r["m"]) - stats.norm.cdf(r["tau"])
     t = r["trainability"]
     assert t["jacobian_spread"] == pytest.approx(100 / p, rel=1e-9)
     assert 100 / p >= FAILS_SPREAD and t["verdict"] == "not expected to train"
-    assert t["max_depth"] == math.floor(TRAINS_SPREAD * p)
-    shallow = trainability("crelu", 0.85, t["max_depth"] // 2, 1.0, 1 / p)
-    assert shallow["verdict"] == "expected to train" and shallow["max_sparsity"] >= 0.85
+    assert t["min_width"] is None
+    deepest = t["max_depth"]
+    assert 0 < deepest <= math.floor(TRAINS_SPREAD * p)
+    at, beyond = (trainability("crelu", 0.85, n, 300, 1.0) for n in (deepest, deepest + 1))
+    assert at["verdict"] == "expected to train" and beyond["verdict"] != "expected to train"
+    assert at["max_sparsity"] >= 0.85
+
+    narrow, wide = (trainability("crelu", 0.85, 20, n, 1.0) for n in (100, 400))
+    assert narrow["log_gain_sd"] == pytest.approx(2 * wide["log_gain_sd"], rel=1e-12)
+    assert narrow["verdict"] == "not expected to train" and wide["verdict"] == "expected to train"
+    needed = trainability("crelu", 0.85, 20, narrow["min_width"], 1.0)
+    assert needed["log_gain_sd"] <= TRAINS_LOG_GAIN < narrow["log_gain_sd"]
+    assert needed["verdict"] == "expected to train"

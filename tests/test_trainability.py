@@ -31,15 +31,19 @@ ACC = {  # (family sparsity, chi1) -> final test accuracy at depths 2, 4, 8
 }
 
 
+WIDE = {("crelu", 1.0): (0.80, 0.78, 0.40)}
+"""The same at width 64 (the width slice; the maps are at width 16)."""
+
+
 def _fill(spec, cell) -> dict:
     name = "relu" if cell.activation.tau == 0 else "crelu"
-    final = ACC[(name, cell.chi1)][DEPTHS.index(cell.depth)]
+    final = (WIDE if cell.width == 64 else ACC)[(name, cell.chi1)][DEPTHS.index(cell.depth)]
     return {"test_acc": np.array([0.1, final / 2, final], "float32")}
 
 
-def _store(path: Path, **values) -> Path:
+def _store(path: Path, width: int = 16, **values) -> Path:
     ds = schema.synthetic_store(
-        _fill, experiment="train", family="crelu", q_star=1.0, width=16, depth=DEPTHS,
+        _fill, experiment="train", family="crelu", q_star=1.0, width=width, depth=DEPTHS,
         run_seed=0, epochs=2, **values,
     )  # fmt: skip
     ds.to_zarr(path)
@@ -109,6 +113,33 @@ def test_rank_correlations_over_all_and_on_the_edge(tables):
     expected = stats.spearmanr(eoc["jacobian_spread"], eoc["test_acc"])[0]
     assert row["n"] == 6 and row["rho"] == pytest.approx(expected, abs=1e-12)
     assert set(rho["configurations"]) == {"all", "EoC"}
+
+
+@pytest.fixture(scope="module")
+def wide(study, tmp_path_factory) -> Path:
+    """CReLU at chi_1 = 1 again, at width 64."""
+    path = tmp_path_factory.mktemp("wide") / "wide.zarr"
+    return _store(path, width=64, sparsity=0.85, clip=1.0, chi1=[1])
+
+
+def test_the_width_slice(study, wide):
+    """The configurations measured at two widths (CReLU at chi_1 = 1), with the planted accuracies
+    and the log-gain spread, which at 4 times the width is half (1/sqrt(N)); L r the same. The maps
+    stay at the study's main width, 16."""
+    link = trainability.study_table(
+        StudyTables([TrainingResults(open_dataset(p), p) for p in [*study, wide]])
+    )
+    table = trainability.width_slice(link)
+    assert list(table["depth"]) == DEPTHS and set(table["activation"]) == {"CReLU s=0.85 m=1"}
+    for depth, narrow, broad in zip(DEPTHS, ACC[("crelu", 1.0)], WIDE[("crelu", 1.0)], strict=True):
+        row = table[table["depth"] == depth].iloc[0]
+        (acc16, sd16), (acc64, sd64) = (
+            (float(x) for x in row[f"width {w}"].replace("(", "").replace(")", "").split())
+            for w in (16, 64)
+        )
+        assert (acc16, acc64) == (pytest.approx(narrow, abs=5e-4), pytest.approx(broad, abs=5e-4))
+        assert sd64 == pytest.approx(sd16 / 2, abs=0.006)  # (two decimals printed)
+    assert trainability.main_width(link) == 16
 
 
 @pytest.mark.slow
