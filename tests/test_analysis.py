@@ -20,7 +20,7 @@ from scipy.special import (
     gammaincinv,
     ndtri_exp,
 )
-from test_analysis_synthetic import make_store, plant_escapes, plant_jumps
+from synthetic import make_store, plant_escapes, plant_jumps
 
 from analysis import _tails, fit, instability, phase, theory
 from analysis._cli import run_cli
@@ -446,6 +446,7 @@ CST_BY_POINTS = {
 }
 
 
+@pytest.mark.slow
 def test_theory_window_of_a_user_shape_that_uses_m():
     """CST written as a shape in tau and m has CST's window (its tau found per m by root finding,
     to 1e-13 sqrt(q*)); an asymmetric shape whose dead zone [-tau - m/2, tau] widens with m (so

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_analysis_synthetic import make_store
+from synthetic import make_store
 
 from analysis import figures, fit, instability, phase, report
 from analysis._cli import run_cli
@@ -166,6 +166,7 @@ def _no_figures(results, out, tables=None) -> list[Path]:
     return []
 
 
+@pytest.mark.slow
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

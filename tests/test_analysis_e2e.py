@@ -50,6 +50,7 @@ def drawn(eoc_store) -> tuple[list[Path], str]:
     return sorted(out.iterdir()), stdout.getvalue()
 
 
+@pytest.mark.slow
 def test_figures_command_writes_every_figure(drawn):
     files, stdout = drawn
     names = {"variance_maps", "trajectories", "zero_frac_corr_crelu", "correlation_map",
@@ -109,6 +110,7 @@ def test_off_eoc_sweep_gets_the_sigma_diagram(tmp_path):
     assert all(table.empty for table in instability.width_law(results))
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line(tmp_path):
     """Through a real interpreter (the other commands share run_cli, see test_analysis.py)."""
     run = _run("analysis.figures", str(tmp_path / "missing.zarr"), check=False)
@@ -116,6 +118,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert run.stderr.count("\n") == 1 and "no such results store" in run.stderr
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_is_reported_partial_and_its_commands_finish_it(
     eoc_store, tmp_path, monkeypatch
 ):

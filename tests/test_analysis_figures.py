@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.patches import Rectangle
-from test_analysis_synthetic import make_store, plant_jumps
+from synthetic import make_store, plant_jumps
 
 from analysis import figures
 from analysis._store import Results
@@ -71,6 +71,7 @@ def test_phase_diagram_has_one_row_per_q_star(two_q_stars, drawn, tmp_path):
         assert upper.get_xdata()[0] == pytest.approx(figures._clip_position(clips, m_high))
 
 
+@pytest.mark.slow
 def test_every_figure_of_a_multi_q_star_store_is_faceted_by_q_star(two_q_stars, drawn, tmp_path):
     """Every figure that shows q*-dependent data has a row (or panel, or file) per q*; the
     unclipped cells never escape here, so the survival curves are flat at 1."""

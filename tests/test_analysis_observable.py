@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_analysis_synthetic import make_store, plant_escapes
+from synthetic import make_store, plant_escapes
 
 from analysis import fit, instability, report
 from analysis._store import Results, open_results
@@ -85,6 +85,7 @@ def sparse_store(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_sparse_engine_store_gets_its_report(sparse_store, capsys):
     """The report command (in-process) on a store with q all NaN: it names v as its observable,
     fits from v (the clipped cells agree), finds the unclipped escapes and draws the figures."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_analysis_synthetic import make_store, plant_escapes
+from synthetic import make_store, plant_escapes
 
 from analysis import _parallel, _store
 from analysis._cli import run_cli
@@ -38,6 +38,7 @@ def on_disk(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_worker_tables_equal_the_tables_of_one_process(on_disk, monkeypatch):
     """fit and the network table (escapes, fates) with 2 workers, the 40 cells read one per block
     and shared out as 4 runs of blocks, against 1 process."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_analysis_synthetic import make_store
+from synthetic import make_store
 
 from analysis import figures, fit, instability, phase, report, tables
 from analysis._store import Results

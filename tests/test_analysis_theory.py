@@ -3,7 +3,7 @@
 import math
 
 import numpy as np
-from test_analysis_synthetic import make_store
+from synthetic import make_store
 
 from analysis import theory
 from analysis._store import Results

@@ -347,6 +347,7 @@ def stores(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_report_end_to_end(stores, tmp_path):
     """``python -m analysis.report TRAINING_STORE --init INIT_STORE``: the training section with
     the setup from the store's attributes, the diverged run, every table, and the figures drawn

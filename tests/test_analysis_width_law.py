@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from test_analysis_synthetic import make_store, plant_escapes
+from synthetic import make_store, plant_escapes
 
 from analysis import width_law
 from analysis._store import Results

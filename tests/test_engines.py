@@ -106,6 +106,7 @@ def test_gram_matches_dense_in_distribution(act):
 # Each layer against the exact law given the previous one
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["gram", "dense"])
 @pytest.mark.parametrize("act", [CLIPPED, USER], ids=["crelu", "user"])
 def test_layer_given_conditional_kernel(engine, act):

@@ -507,6 +507,7 @@ def mp_drop(act: Activation, q: float, sw2: float, delta: float, digits: int = 3
         return float(sw2 * (square - cross) / q)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delta", [1e-4, 1e-6, 1e-8])
 def test_correlation_gap_keeps_relative_precision_near_one(delta):
     """The gap's rise over its value at rho = 1, (1 - R(1 - delta)) - (1 - R(1)) = R(1) - R(1 - delta),

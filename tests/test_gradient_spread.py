@@ -35,6 +35,7 @@ def test_slope_kurtosis_against_quadrature(name):
     assert math.isclose(gp.slope_kurtosis(act, q), moment(4) / moment(2) ** 2, rel_tol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["relu", "crelu_085_m086"])
 def test_jacobian_spread_against_explicit_random_matrices(name):
     """J = D_L W_L ... D_1 W_1 at width 800, L = 4, W_ij ~ N(0, sigma_w^2 / N) and D = phi'(h) with

@@ -73,6 +73,7 @@ def reference(tmp_path_factory) -> Path:
 # The store
 
 
+@pytest.mark.slow
 def test_schema(reference):
     ds = load_data(reference)
     spec, _ = parse(GRID)
@@ -190,6 +191,7 @@ def test_cell_seed_is_the_spawned_child():
         )
 
 
+@pytest.mark.slow
 def test_off_eoc_sweep(tmp_path):
     out = tmp_path / "off.zarr"
     sweep(*OFF_EOC, "--out", out)
@@ -211,6 +213,7 @@ def test_off_eoc_sweep(tmp_path):
 # Determinism and resumption
 
 
+@pytest.mark.slow
 def test_threads_are_bit_identical(reference, tmp_path):
     """(loky with two workers: see the resume test.)"""
     sweep(*GRID, "--backend", "threading", "--n-jobs", 2, "--out", tmp_path / "thr.zarr")
@@ -280,6 +283,7 @@ def test_interrupt_and_kill_9_then_resume_equals_uninterrupted(reference, tmp_pa
     xr.testing.assert_identical(load_data(out), ref)
 
 
+@pytest.mark.slow
 def test_finished_sweep_run_again_does_nothing(reference):
     before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
     run = sweep(*GRID, "--out", reference)
@@ -288,6 +292,7 @@ def test_finished_sweep_run_again_does_nothing(reference):
     assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_toml_spec_is_the_same_sweep(reference, tmp_path):
     """The stored spec, and a hand-written TOML file with ranges, describe the reference sweep."""
     stored = tmp_path / "stored.toml"
@@ -302,6 +307,7 @@ def test_toml_spec_is_the_same_sweep(reference, tmp_path):
     assert "nothing to do" in run.stdout
 
 
+@pytest.mark.slow
 def test_different_spec_is_refused_unless_overwrite(reference, tmp_path):
     run = sweep(*GRID, "--nets", 5, "--out", reference, check=False)
     assert run.returncode == 2
@@ -323,6 +329,7 @@ def test_different_spec_is_refused_unless_overwrite(reference, tmp_path):
 # Refusals: one line, exit status 2, nothing written
 
 
+@pytest.mark.slow
 def test_bad_value_exits_2_with_one_line(tmp_path):
     run = sweep("--clip", "0.5,-1", "--out", tmp_path / "x.zarr", check=False, cwd=tmp_path)
     assert run.returncode == 2
@@ -550,6 +557,7 @@ THIN = ["--family", "crelu", "--sparsity", "0.85", "--clip", "1,inf", "--width",
         "--depth", "23", "--nets", "8", "--seed", "3", "--n-jobs", "1"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_thinned_and_summary_stores_keep_the_same_summaries(tmp_path):
     """record_every = 5 keeps layers 0, 5, .., 20 and the last, 23, with exactly the values of the
     full record there; record = summary keeps no layer at all. The per-network summaries are the

@@ -90,6 +90,7 @@ def image_kernel(images: np.ndarray, sigma_w2: float, sigma_b2: float) -> np.nda
     return sigma_w2 / x.shape[1] * x @ x.T + sigma_b2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["digits", "fashion-mnist"])
 def test_images_as_inputs(dataset, tmp_path):
     """The first B = 4 test images, normalised as load_dataset does: layer 0's conditional variances

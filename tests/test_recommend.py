@@ -30,6 +30,7 @@ def crelu_json():
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_json_has_the_documented_keys(crelu_json):
     r = crelu_json
     for key in ("tau", "m", "sigma_w2", "sigma_b2", "q_star", "clip_window", "v_slope", "twin"):

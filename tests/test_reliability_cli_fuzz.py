@@ -153,6 +153,7 @@ HUGE_TRAIN_RUN = [
 ]
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(drawn(TRAIN_RUN, TRAIN_RUN_BASE))
 def test_train_run_either_runs_or_is_one_line(argv):

@@ -106,6 +106,7 @@ MOMENTS = {
 write), and how many cells are done then (None: no store yet)."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment, n_done", MOMENTS.values(), ids=MOMENTS.keys())
 def test_a_full_disk_stops_cleanly_and_the_same_command_finishes(
     reference, tmp_path, monkeypatch, capsys, moment, n_done

@@ -45,6 +45,7 @@ os._exit(0)  # dies holding it, as a sweep killed -9 does
 """A process that takes a store's lock, as a sweep does, and dies holding it."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exists", [False, True], ids=["new store", "half-done store"])
 def test_a_second_sweep_is_refused_naming_the_first(reference, tmp_path, capsys, exists):
     """While another process holds the store, a sweep is refused in one line naming it and

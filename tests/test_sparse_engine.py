@@ -118,6 +118,7 @@ TRUNCATIONS = ((-math.inf, math.inf), (1.036, math.inf), (-math.inf, -2.0), (-ma
                (30.0, 30.5))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_truncated_normal_matches_scipy():
     """Both samplers (inversion; strips with exact tails) against scipy.stats.truncnorm, 100000
     draws per interval, one-sample KS, family-wise level 1e-3 over 2 x 16 intervals; every draw
@@ -214,6 +215,7 @@ N_LAYER_TESTS = sum(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("act_name", "factor_name", "width"), LAYER_CASES)
 def test_one_layer_matches_full_draw(act_name, factor_name, width):
     """Every entry of S (inputs and tangent) and every zero count, sparse vs all rows drawn, KS at
@@ -263,6 +265,7 @@ PAIR_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", PAIR_CASES)
 @pytest.mark.parametrize("n", [40, 3000])
 def test_conditional_pairs_match_rectangle(case, n):
@@ -340,6 +343,7 @@ ENGINE_CASES = [(a, b) for a in ENGINE_ACTS for b in (1, 2)]
 N_ENGINE_TESTS = sum(len(COMPARED_LAYERS) * (3 if b == 1 else 6) + 1 for _, b in ENGINE_CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("act_name", "n_inputs"), ENGINE_CASES)
 def test_sparse_matches_gram_in_distribution(act_name, n_inputs):
     """Two-sample KS, sparse vs gram (N = 64, depth 20, 2000 networks each, escape on v) on v, the

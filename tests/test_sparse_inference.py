@@ -42,6 +42,7 @@ def rel(a, b):
     return np.linalg.norm(np.asarray(a, float) - b) / np.linalg.norm(b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", [Activation.crelu(2.0, 3.0), Activation.cst(4.0, 2.0)])
 def test_integer_network_is_computed_exactly_by_every_path(act):
     """Integer weights in {-1, 0, 1}, integer biases and inputs, and breakpoints at integers: every
@@ -100,6 +101,7 @@ def test_edge_of_chaos_network_sparse_equals_dense_to_rounding(family, sparsity)
         assert rel(infer.sparse_forward(net, x[5], threads=threads), expected[5]) < RTOL
 
 
+@pytest.mark.slow
 def test_trained_network_sparse_equals_dense_and_the_jax_model():
     """A CReLU network (s = 0.85, m = 1, 5 hidden layers of width 64) after 40 Adam steps on
     digits with simulate.train.model (the loss falls: it has trained), taken out of its pytree by

@@ -96,6 +96,7 @@ def test_the_analysis_finds_a_changed_chunk_by_its_checksum(untouched, copy):
     assert store.damaged_chunk(copy, "v") == chunk(copy, "v", (1, 0, 1, 0, 1, 0, 0, 0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, cells",
     [
@@ -181,6 +182,7 @@ def test_chunks_are_files_beside_their_metadata(untouched):
     assert not [p for array in arrays for p in array.iterdir() if p.is_dir()]
 
 
+@pytest.mark.slow
 def test_a_store_with_nested_chunk_keys_is_repaired_and_rebuilt(untouched, copy, capsys):
     """A store written with directory chunk keys: a damaged cell is found and recomputed, and a
     garbled root is rebuilt keeping its chunks (still nested), both ending as the untouched."""

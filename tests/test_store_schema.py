@@ -47,6 +47,7 @@ def written(tmp_path, values: dict) -> xr.Dataset:
     return ds
 
 
+@pytest.mark.slow
 def test_synthetic_store_with_the_engine_is_the_written_store(tmp_path):
     """Same spec, cells filled by the sweep's own cell function: identical datasets (values, dims,
     dtypes, attributes, encodings aside), on and off the Edge of Chaos."""
@@ -89,6 +90,7 @@ TRAIN_PROVENANCE = ("n_train", "n_test", "data_sha256", "jax_version", "jaxlib_v
                     "optax_version", "scikit_learn_version")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_synthetic_training_store_is_the_written_store(tmp_path):
     """A training sweep over two depths, and the synthetic store filled by the sweep's own cell
     function: identical (attributes from the dataset aside). The layer axis runs to the deeper

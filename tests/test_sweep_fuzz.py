@@ -147,6 +147,7 @@ TRAIN_BASE = {"experiment": "train", "family": "crelu", "sparsity": "0.5", "clip
 """A tiny valid training sweep (ReLU, one hidden layer of 4, one epoch on 64 digits)."""
 
 
+@pytest.mark.slow
 @settings(
     max_examples=60,
     deadline=timedelta(seconds=30),
@@ -174,6 +175,7 @@ def train_command_lines(draw) -> tuple[list[str], bool]:
     return argv_of(TRAIN_BASE | values), False
 
 
+@pytest.mark.slow
 @settings(
     max_examples=40,
     deadline=timedelta(seconds=60),

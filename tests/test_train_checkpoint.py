@@ -49,6 +49,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_after", [0, 2, 3])
 def test_a_run_resumed_from_its_checkpoint_equals_an_uninterrupted_run(
     digits, uninterrupted, tmp_path, stop_after
@@ -216,6 +217,7 @@ def test_a_training_sweep_killed_mid_run_resumes_to_the_uninterrupted_store(tmp_
         assert float(cell.sigma_b2) == pytest.approx(expected.sigma_b2, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_an_infeasible_chi1_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "s.zarr"
     result = subprocess.run(

@@ -31,6 +31,7 @@ SHAPES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_jnp_phi_and_its_derivative_match_the_kernels(name):
     """phi in float32 within float32 rounding of the Numba phi (float64); autodiff phi' equal to the

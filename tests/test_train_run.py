@@ -22,6 +22,7 @@ def run(act=RELU, **kwargs):
     return train_network(act, 1.0, depth, width, DIGITS, **args)
 
 
+@pytest.mark.slow
 def test_shapes_and_learning():
     """A shallow net learns digits far above chance (10%), and the per-layer statistics at
     initialisation sit near the GP values (q ~ q* = 1, zero fraction ~ 0.7 for CReLU at s = 0.7)."""
@@ -36,6 +37,7 @@ def test_shapes_and_learning():
     assert np.all(np.abs(res["q"][0, 0] - 1.0) < 0.5)
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed():
     a, b, c = run(seed=3), run(seed=3), run(seed=4)
     for key in RESULT_DIMS:
@@ -72,6 +74,7 @@ def test_bad_arguments_are_one_line_errors(kwargs, field):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_q_star_beyond_the_probes_float32_sum_is_refused():
     """At q* = 1e34 (inside the initialiser's bound) a probe of 256 images x 300 units sums to
     ~8e38 > float32 max: refused in one line; with a probe of one image (sum ~3e36) the same
@@ -92,6 +95,7 @@ def cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_end_to_end():
     out = cli("--depth", "2", "--width", "16", "--epochs", "2", "--sparsity", "0.8", "--clip", "1")
     assert out.returncode == 0, out.stderr
@@ -101,6 +105,7 @@ def test_cli_end_to_end():
     assert lines[-1].startswith("summary: final test acc")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -83,6 +83,7 @@ def reference(tmp_path_factory, jax_cache) -> Path:
 # The store
 
 
+@pytest.mark.slow
 def test_schema(reference):
     ds = load_data(reference)
     cell = ("family", "sparsity", "clip", "q_star", "width", "depth", "lr", "run_seed")
@@ -149,6 +150,7 @@ def test_divergence_is_recorded_and_the_other_runs_are_fine(reference):
     assert (fine.train_loss.sel(epoch=2) < fine.train_loss.sel(epoch=0)).all()
 
 
+@pytest.mark.slow
 def test_values_are_train_network_with_the_cell_stream(reference):
     """One run recomputed in this process: ``train_network`` with the cell's arguments and stream
     ``SeedSequence(3).spawn(...)[p].spawn(...)[run_seed]``, p the position of the cell without its
@@ -178,6 +180,7 @@ def test_training_stream_is_a_grandchild_of_the_root_seed():
         )
 
 
+@pytest.mark.slow
 def test_a_run_depends_on_its_seed_not_on_the_other_seeds(reference, jax_cache, tmp_path):
     """``--run-seed 5`` alone reproduces the runs of seed 5 in the sweep of seeds 0 to 7, here on
     two threads of one process (the reference ran on one loky worker)."""
@@ -231,6 +234,7 @@ def test_kill_9_then_resume_on_two_workers_equals_uninterrupted(reference, jax_c
     xr.testing.assert_identical(load_data(out), ref)
 
 
+@pytest.mark.slow
 def test_a_damaged_run_is_recomputed(reference, jax_cache, tmp_path):
     """One byte of one run's chunk changed on disk: the checksum catches it, the same command
     retrains that run alone, and the store ends as the uninterrupted one."""
@@ -245,6 +249,7 @@ def test_a_damaged_run_is_recomputed(reference, jax_cache, tmp_path):
     xr.testing.assert_identical(load_data(out), load_data(reference))
 
 
+@pytest.mark.slow
 def test_the_stored_spec_is_the_same_sweep(reference, jax_cache, tmp_path):
     """The store's TOML run again against it has nothing to do; a hand-written TOML with ranges
     describes the same sweep."""
@@ -306,6 +311,7 @@ def test_each_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_missing_fashion_mnist_names_the_apt_command(tmp_path, jax_cache):
     """As a user meets it: exit status 2, one line on stderr naming the apt command, no output,
     nothing written."""

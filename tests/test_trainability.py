@@ -63,6 +63,7 @@ def tables(study):
     return StudyTables([TrainingResults(open_dataset(p), p) for p in study])
 
 
+@pytest.mark.slow
 def test_the_baseline_sets_the_reference_depth_and_each_prediction(tables):
     """ReLU at chi_1 = 1 is best at 0.81; within 0.02 down to depth 4: L_ref = 4. H6 predicts
     4 r_ReLU / r = 4 * 2 p at the CReLU (p = P(tau < z < tau + m), slopes in {0, 1}); H1 the first
