@@ -382,15 +382,19 @@ def accuracy_grids(link: pd.DataFrame) -> str:
 
 def width_slice(link: pd.DataFrame) -> pd.DataFrame:
     """At chi_1 = 1, the (activation, depth) measured at more than one width: the Jacobian spread
-    L r (the same at every width) and, per width, the mean final test accuracy with the log-gain
-    spread sd in brackets (H2: it falls like 1 / sqrt(width))."""
+    L r (the same at every width) and, per width, the mean final test accuracy (± its sd over
+    seeds, where there are several) with the log-gain spread sd in brackets (H2: it falls like
+    1 / sqrt(width))."""
     eoc = link[link["chi1"] == 1.0]
     widths = eoc.groupby(["activation", "depth"])["width"].transform("nunique")
     eoc = eoc[widths > 1].copy()
     if eoc.empty:
         return pd.DataFrame()
     eoc["cell"] = [
-        f"{a:.3f} ({sd:.2f})" for a, sd in zip(eoc["test_acc"], eoc["log_gain_sd"], strict=True)
+        f"{a:.3f}" + ("" if math.isnan(spread) else f" ± {spread:.3f}") + f" ({sd:.2f})"
+        for a, spread, sd in zip(
+            eoc["test_acc"], eoc["test_acc_sd"], eoc["log_gain_sd"], strict=True
+        )
     ]
     table = eoc.pivot_table(
         index=["activation", "depth", "jacobian_spread"],

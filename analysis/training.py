@@ -13,9 +13,12 @@ simulate.grid``) for the link.
 
 Several stores of one *study* (:class:`StudyTables`): stores trained on the same budget (the same
 images, epochs, optimiser, schedule, batch and probe: ``BUDGET_ATTRS``) with the same parameter axes,
-no configuration in two of them (e.g. a baseline with its learning-rate search, a main grid, a
-larger q*), read as one: each store's per-configuration tables stacked in the order given, the
-clipped-against-unclipped pairs and the rank correlations over the stacked tables.
+no run (configuration and seed) in two of them (e.g. a baseline with its learning-rate search, a
+main grid, a larger q*, more seeds of some of its configurations), read as one: each store's
+per-configuration tables stacked in the order given, a configuration found in several stores
+pooled over all its runs in the accuracy and link tables (:func:`pool_runs`; the sparsity table
+keeps a row per store), the clipped-against-unclipped pairs and the rank correlations over the
+stacked tables.
 
 Definitions.
 
@@ -226,7 +229,7 @@ def open_stores(
 
 def _frame(data: xr.Dataset, dims: tuple[str, ...], keep: xr.DataArray) -> pd.DataFrame:
     """One row per point of ``dims`` where ``keep``, in store order; columns: dims, variables."""
-    data = data.reset_coords(drop=True).assign(_keep=keep)
+    data = data.reset_coords(drop=True).assign(_keep=keep.reset_coords(drop=True))
     frame = data.to_dataframe(dim_order=list(dims)).reset_index()
     frame = frame[frame["_keep"].astype(bool)].drop(columns="_keep")
     return frame[[*dims, *(c for c in frame.columns if c not in dims)]].reset_index(drop=True)
@@ -567,10 +570,10 @@ class TrainingTables:
 # -- several stores, one study ----------------------------------------------------------------------
 
 
-def configurations(tr: TrainingResults) -> set[tuple]:
-    """The configurations (``config_dims`` values) of a store with a finished run."""
-    done = tr.done.any("run_seed")
-    return set(_frame(xr.Dataset(), tr.config_dims, done).itertuples(index=False, name=None))
+def finished_runs(tr: TrainingResults) -> set[tuple]:
+    """The finished runs of a store: their configuration (``config_dims`` values) and run seed."""
+    dims = (*tr.config_dims, "run_seed")
+    return set(_frame(xr.Dataset(), dims, tr.done).itertuples(index=False, name=None))
 
 
 def check_one_study(stores: list[TrainingResults]) -> None:
@@ -590,14 +593,51 @@ def check_one_study(stores: list[TrainingResults]) -> None:
                 f"{tr.path}: axes {', '.join(tr.config_dims)}, {first.path}: "
                 f"{', '.join(first.config_dims)}; the stores of one study share their axes"
             )
-        for config in configurations(tr):
-            if config in seen:
-                where = " ".join(f"{d}={v}" for d, v in zip(tr.config_dims, config, strict=True))
+        for run in finished_runs(tr):
+            if run in seen:
+                dims = (*tr.config_dims, "run_seed")
+                where = " ".join(f"{d}={v}" for d, v in zip(dims, run, strict=True))
                 raise StoreError(
-                    f"{tr.path}: the configuration {where} is also in {seen[config]}; "
-                    "a configuration belongs to one store of a study"
+                    f"{tr.path}: the run {where} is also in {seen[run]}; "
+                    "a run belongs to one store of a study"
                 )
-            seen[config] = tr.path
+            seen[run] = tr.path
+
+
+def pool_runs(table: pd.DataFrame, dims: list[str]) -> pd.DataFrame:
+    """The rows of one configuration from several stores (their seeds: other runs of it) as one
+    row, so that its statistics are over all its runs: counts (``n_*``) summed; a column x with a
+    column x_sd, the mean and sd (ddof = 1) of all the runs from each row's n = ``n_runs``, mean
+    m_i and sd s_i,
+
+        m = sum n_i m_i / N,   sd^2 = (sum (n_i - 1) s_i^2 + sum n_i (m_i - m)^2) / (N - 1);
+
+    any other number that differs between the rows, its mean weighted by n_i; the rest (the
+    theory of the configuration, the same in every row) from the first. Rows keep their order."""
+    if not table.duplicated(dims).any():
+        return table
+    rows = []
+    for _, group in table.groupby(dims, sort=False, dropna=False):
+        row = group.iloc[0].copy()
+        n = group["n_runs"].to_numpy(float)
+        total = n.sum()
+        for column in group.columns.difference(dims):
+            values = group[column]
+            if len(group) == 1 or column.endswith("_sd"):
+                continue
+            if column.startswith("n_"):
+                row[column] = values.sum()
+            elif f"{column}_sd" in group:
+                m, s = values.to_numpy(float), group[f"{column}_sd"].to_numpy(float)
+                mean = float((n * m).sum() / total)
+                within = float(np.where(n > 1, (n - 1) * s**2, 0.0).sum())
+                spread = within + float((n * (m - mean) ** 2).sum())
+                row[column] = mean
+                row[f"{column}_sd"] = math.sqrt(spread / (total - 1))
+            elif pd.api.types.is_numeric_dtype(values) and values.nunique(dropna=False) > 1:
+                row[column] = float((n * values.to_numpy(float)).sum() / total)
+        rows.append(row)
+    return pd.DataFrame(rows).infer_objects().reset_index(drop=True)
 
 
 class StudyTables:
@@ -613,9 +653,14 @@ class StudyTables:
     def _stacked(self, name: str) -> pd.DataFrame:
         return pd.concat([getattr(p, name) for p in self.parts], ignore_index=True)
 
+    def _pooled(self, name: str) -> pd.DataFrame:
+        """The stores' per-configuration tables, stacked; a configuration in several stores (other
+        seeds of it) one row over all its runs (:func:`pool_runs`)."""
+        return pool_runs(self._stacked(name), list(self.parts[0].tr.config_dims))
+
     @cached_property
     def accuracy(self) -> pd.DataFrame:
-        return self._stacked("accuracy")
+        return self._pooled("accuracy")
 
     @cached_property
     def theory(self) -> pd.DataFrame:
@@ -628,11 +673,13 @@ class StudyTables:
 
     @cached_property
     def sparsity(self) -> pd.DataFrame:
+        """One row per store and configuration: its extremes over layers and epochs are of the
+        store's mean profile, which do not pool."""
         return self._stacked("sparsity")
 
     @cached_property
     def link(self) -> pd.DataFrame:
-        return self._stacked("link")
+        return self._pooled("link")
 
     @cached_property
     def correlations(self) -> pd.DataFrame:

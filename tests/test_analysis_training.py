@@ -303,12 +303,31 @@ def test_a_study_in_two_stores_reads_as_the_one_store(tables):
     pd.testing.assert_frame_equal(study.correlations, one.correlations)
 
 
-def test_a_study_refuses_other_budgets_and_shared_configurations():
+def test_seeds_in_several_stores_pool_to_the_one_store(tables):
+    """The planted store's seeds split over two stores (the first seed, then the others): every
+    configuration is in both, and the study's accuracy and link tables (means, sds over
+    all the runs, counts) equal the one store's, to float32 rounding (the accuracies are stored
+    in float32, and one store averages them in float32)."""
+    ds = planted()
+    parts = [
+        TrainingResults(ds.isel(run_seed=slice(0, 1)), "first.zarr"),
+        TrainingResults(ds.isel(run_seed=slice(1, None)), "others.zarr"),
+    ]
+    study = training.StudyTables(parts)
+    dims = list(tables.tr.config_dims)
+    for name in ("accuracy", "link"):
+        mine = getattr(study, name).sort_values(dims).reset_index(drop=True)
+        theirs = getattr(tables, name).sort_values(dims).reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, theirs[mine.columns], check_dtype=False, rtol=1e-6)
+    assert len(study.sparsity) == 2 * len(tables.sparsity)  # a row per store
+
+
+def test_a_study_refuses_other_budgets_and_shared_runs():
     clipped, unclipped = split_study()
     unclipped.ds.attrs["batch_size"] = 7
     with pytest.raises(StoreError, match=r"batch_size=7.*share their budget"):
         training.StudyTables([clipped, unclipped])
-    with pytest.raises(StoreError, match=r"is also in 1\.0\.zarr"):
+    with pytest.raises(StoreError, match=r"the run .* run_seed=.* is also in 1\.0\.zarr"):
         training.StudyTables([clipped, clipped])
 
 
