@@ -67,10 +67,9 @@ from simulate.spec import Shape
 from ._cli import Parser, add_n_jobs, run_cli, writable_dir
 from ._store import Cell, Results
 from .instability import ESCAPES, escape_times, theory_window
-from .phase import sigma_theory
 from .survival import kaplan_meier, survival_at
 from .tables import Tables
-from .theory import cell_theory
+from .theory import Prepared, cell_theory
 from .training import PREDICTORS, TrainingResults, TrainingTables, open_stores, pooled
 from .width_law import applies
 
@@ -274,8 +273,9 @@ def _escape_horizon(cells: list[Cell], depth: int) -> float:
     return min(depth, max(20.0, 1.3 * late))
 
 
-def fig_trajectories(results: Results, out: Path) -> list[Path]:
-    """q^l: MC median and 10-90% band per width vs the GP iterate and the 1/N mean."""
+def fig_trajectories(results: Results, out: Path, prepared: Prepared | None = None) -> list[Path]:
+    """q^l: MC median and 10-90% band per width vs the GP iterate and the 1/N mean (the cells'
+    theory from ``prepared`` when they are in it)."""
     facets = _facets(results)
     colors = _width_colors(_coords(results, "width"))
     fig, axes = plt.subplots(
@@ -287,7 +287,7 @@ def fig_trajectories(results: Results, out: Path) -> list[Path]:
                 ax.set_visible(False)
                 continue
             for cell in cells:
-                theory = cell_theory(cell, results.depth)
+                theory = cell_theory(cell, results.depth, prepared=prepared)
                 layers = theory["layer"].values
                 color = colors[cell.width]
                 _band(ax, cell.layers, _filled_variance(cell), color, f"N = {cell.width}")
@@ -332,9 +332,12 @@ def _survivors(values: xr.DataArray) -> np.ndarray:
     return np.where(alive, values, np.nan)
 
 
-def fig_zero_corr(results: Results, out: Path, family: str, q_star: float) -> list[Path] | None:
-    """Zero fraction and 1 - corr through depth (MC mean, 10-90% band) against theory, for one
-    (family, q*); None when none of its example cells is finished."""
+def fig_zero_corr(
+    results: Results, out: Path, family: str, q_star: float, prepared: Prepared | None = None
+) -> list[Path] | None:
+    """Zero fraction and 1 - corr through depth (MC mean, 10-90% band) against theory (from
+    ``prepared`` when the cells are in it), for one (family, q*); None when none of its example
+    cells is finished."""
     examples = _example_cells(results, family, q_star)
     if not any(examples):
         return None
@@ -347,7 +350,7 @@ def fig_zero_corr(results: Results, out: Path, family: str, q_star: float) -> li
             axes[1, col].set_visible(False)
             continue
         for cell in cells:
-            theory = cell_theory(cell, results.depth, results.c0)
+            theory = cell_theory(cell, results.depth, results.c0, prepared)
             layers = theory["layer"].values
             color = colors[cell.width]
             zf = _survivors(cell.data["zero_frac"].mean("input"))
@@ -958,7 +961,7 @@ def fig_sigma(results: Results, out: Path, table) -> list[Path] | None:
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-1.0, vmax=1.0)
     for ax, (_, spec) in zip(axes[0], acts.iterrows(), strict=True):
         act = results.activation({d: spec[d] for d in results.param_dims})
-        theory = sigma_theory(act, W, B, results.q0(None))
+        theory = gp.variance_attractor(act, W, B, results.q0(None))
         log_chi = np.log(theory["chi1"])
         mesh = ax.pcolormesh(
             W, B, np.clip(log_chi, -1, 1), cmap="coolwarm", norm=norm, shading="auto"
@@ -1436,9 +1439,9 @@ def _draw_all(results: Results, out: Path, tables: Tables) -> list[Path]:
         return written
     written += fig_variance_maps(results, out)
     if results.per_layer:
-        written += fig_trajectories(results, out)
+        written += fig_trajectories(results, out, tables.prepared)
         for family, q_star in _facets(results):
-            written += fig_zero_corr(results, out, family, q_star) or []
+            written += fig_zero_corr(results, out, family, q_star, tables.prepared) or []
         written += fig_correlation_map(results, out) or []
     written += fig_phase(results, out, tables.stability)
     written += fig_escape_width(results, out, tables.width_law) or []

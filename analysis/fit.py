@@ -65,7 +65,7 @@ from ._parallel import start_cells
 from ._store import Cell, Results, open_results
 from ._table import markdown_table
 from ._tails import chi2_score, t_score
-from .theory import correlation_theory, theory_columns
+from .theory import Prepared, correlation_theory, theory_columns
 
 ALPHA = 0.01
 """Family-wise significance level of the per-cell verdict."""
@@ -158,15 +158,18 @@ def _per_input(x: xr.DataArray, inner: str = "input") -> np.ndarray:
     return values.astype(float).reshape(*values.shape[:2], -1)
 
 
-def _compare(cell: Cell, depth: int, c0) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+def _compare(
+    cell: Cell, depth: int, c0, prepared: Prepared | None
+) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
     """The variables of :func:`compare_cell` as name -> (dims, values), layer first."""
-    theory = {k: v[cell.layers] for k, v in theory_columns(cell, depth).items()}
+    theory = {k: v[cell.layers] for k, v in theory_columns(cell, depth, prepared=prepared).items()}
     obs = cell.observable
     x = _per_input(cell.variance)
     zf = _per_input(cell.data["zero_frac"])
     corr = _per_input(cell.correlation, "pair")
     c0s = np.broadcast_to(np.asarray(c0, dtype=float), corr.shape[-1:])
-    corr_theory = np.stack([correlation_theory(cell, depth, c) for c in c0s], axis=-1)[cell.layers]
+    per_c0 = [correlation_theory(cell, depth, c, prepared) for c in c0s]
+    corr_theory = np.stack(per_c0, axis=-1)[cell.layers]
     with np.errstate(over="ignore"):
         gain = np.exp(_per_input(cell.log_gain)[:, :, 0])
     col = (slice(None), None)  # layer predictions broadcast over inputs
@@ -196,17 +199,19 @@ def _compare(cell: Cell, depth: int, c0) -> dict[str, tuple[tuple[str, ...], np.
     }
 
 
-def compare_cell(cell: Cell, depth: int, c0=math.nan) -> xr.Dataset:
+def compare_cell(
+    cell: Cell, depth: int, c0=math.nan, prepared: Prepared | None = None
+) -> xr.Dataset:
     """Per-layer Monte Carlo summaries, predictions and z-scores for one cell, at its recorded
     layers.
 
     Returns a Dataset over ``layer`` (and ``input``; ``pair`` for the correlation when the store
     has several pairs, ``c0`` then their initial correlations, one or one per pair) with n_alive,
     the Monte Carlo mean and sd of the cell's variance observable (``<obs>_mc_mean``,
-    ``<obs>_mc_sd``, obs = q or v), the predictions of :func:`analysis.theory.cell_theory`, and
-    one ``z_<stat>`` per statistic.
+    ``<obs>_mc_sd``, obs = q or v), the predictions of :func:`analysis.theory.cell_theory` (from
+    ``prepared`` when the cell is in it), and one ``z_<stat>`` per statistic.
     """
-    return xr.Dataset(_compare(cell, depth, c0), coords={"layer": cell.layers})
+    return xr.Dataset(_compare(cell, depth, c0, prepared), coords={"layer": cell.layers})
 
 
 def _first_exceedance(z: np.ndarray, layers: np.ndarray, threshold: float) -> float:
@@ -258,9 +263,11 @@ FIT_VARIABLES = ("variance", "correlation", "log_gain", "zero_frac", "escape_lay
 """What :func:`fit_table` reads of a cell."""
 
 
-def fit_row(cell: Cell, depth: int, pair_c0, alpha: float) -> dict:
-    """The row of :func:`fit_table` of one cell."""
-    arrays = {k: v for k, (_, v) in _compare(cell, depth, pair_c0).items()}
+def fit_row(
+    cell: Cell, depth: int, pair_c0, alpha: float, prepared: Prepared | None = None
+) -> dict:
+    """The row of :func:`fit_table` of one cell (its theory from ``prepared`` when it is in it)."""
+    arrays = {k: v for k, (_, v) in _compare(cell, depth, pair_c0, prepared).items()}
     escaped = int((cell.data["escape_layer"].values >= 0).sum())
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all NaN: nanmax is NaN
@@ -285,13 +292,18 @@ def fit_table(results: Results, alpha: float = ALPHA, n_jobs: int = 1) -> pd.Dat
 
 
 def start_fit_table(
-    results: Results, alpha: float = ALPHA, n_jobs: int = 1
+    results: Results,
+    alpha: float = ALPHA,
+    n_jobs: int = 1,
+    theory: Callable[[], Prepared | None] = lambda: None,
 ) -> Callable[[], pd.DataFrame]:
-    """:func:`fit_table`, started (``analysis._parallel.start_cells``): call the result for it."""
+    """:func:`fit_table`, started (``analysis._parallel.start_cells``): call the result for it.
+    ``theory``: the store's theory for the rows computed in this process, called when they are
+    (the default: each cell's theory computed alone; workers prepare their own)."""
     if not results.per_layer:
         return pd.DataFrame
     row = partial(fit_row, depth=results.depth, pair_c0=results.pair_c0, alpha=alpha)
-    rows = start_cells(results, row, FIT_VARIABLES, n_jobs)
+    rows = start_cells(results, row, FIT_VARIABLES, n_jobs, theory)
     return lambda: pd.DataFrame(rows())
 
 

@@ -11,14 +11,11 @@ median was reached before the sweep's depth. The 95% interval on beta is a perce
 over networks (resampled within each width, B = 2000, fixed seed). A pooled beta shares the slope
 across every unclipped (family, sparsity, q*) with its own intercept (within-group regression).
 
-Onset of the instability in the 1/N theory. Near the one-sided fixed point a deviation
-delta = q - q* obeys delta -> delta + (V''/2) delta^2 + noise, the noise accumulating to
-Var[G^l] = V4^l / N. A deviation delta blows up deterministically within 2 / (V'' delta) layers, so
-we call *distance to instability at depth l* the deviation whose blow-up time equals l,
-d_l = 2 / (V''(q*) l). The onset layer l_pt(N) is the first layer where the predicted spread of the
-layer variance reaches it: sqrt(V4^l / N) >= d_l. There the first-order mean shift G1^l/N equals
-half that spread, i.e. the 1/N expansion has lost its ordering. With V4^l ~ v l (ReLU_tau, ST_tau)
-this gives l_pt = (4 N / (V''^2 v))^{1/3}: beta_theory = 1/3, reported beside the fitted beta.
+Onset of the instability in the 1/N theory (``gp.onset_layer``): the first layer l_pt(N) where the
+predicted spread of the layer variance, sqrt(V4^l / N), reaches the distance to instability
+d_l = 2 / (V''(q*) l), the deviation from the one-sided fixed point that blows up within l layers.
+With V4^l ~ v l (ReLU_tau, ST_tau) l_pt = (4 N / (V''^2 v))^{1/3}: beta_theory = 1/3, reported
+beside the fitted beta.
 
 Clip window for (family, sparsity, q*), for every family with a clip level m to vary: the named
 ones, and a user shape whose knots, values or slopes use m (:func:`theory_window`).
@@ -60,7 +57,7 @@ from ._parallel import start_cells
 from ._store import FINAL, Cell, Results, open_results
 from ._table import markdown_table
 from .survival import kaplan_meier, median_survival
-from .theory import activation_cache, layer_theory
+from .theory import Prepared, layer_theory
 
 STAY_LEVEL = 0.9
 """Fraction of networks that must stay at q* for a clip level to be in the Monte Carlo window."""
@@ -215,17 +212,11 @@ def _slope(x: np.ndarray, y: np.ndarray, group: np.ndarray) -> float:
     return num / den if den > 0 else math.nan
 
 
-def onset_layer(cell: Cell, depth: int) -> float:
-    """l_pt(N): first layer with sqrt(V4^l / N) >= 2 / (V''(q*) l) (module docstring); inf if none."""
-    act = cell.act
-    base = layer_theory(act, cell.sigma_w2, cell.sigma_b2, cell.q0, depth)
-    curvature = float(gp.variance_curvature(act, cell.q_ref, cell.sigma_w2))
-    if not curvature > 0:  # no one-sided fixed point to leave (ReLU: V is linear)
-        return math.inf
-    layers = np.arange(1, depth + 1)
-    spread = np.sqrt(base["v4"].values[1:] / cell.width)
-    hit = layers[spread >= 2.0 / (curvature * layers)]
-    return float(hit[0]) if hit.size else math.inf
+def onset_layer(cell: Cell, depth: int, prepared: Prepared | None = None) -> float:
+    """l_pt(N) of the cell (``gp.onset_layer``) from its V4 over layers 0..depth
+    (:func:`analysis.theory.layer_theory`, from ``prepared`` when the cell is in it); inf if none."""
+    base = layer_theory(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q0, depth, prepared)
+    return gp.onset_layer(cell.act, cell.sigma_w2, cell.q_ref, base["v4"].values, cell.width)
 
 
 def _group_label(results: Results, cell: Cell) -> str:
@@ -234,7 +225,7 @@ def _group_label(results: Results, cell: Cell) -> str:
 
 
 def width_law(
-    results: Results, n_boot: int = N_BOOT, seed: int = 0
+    results: Results, n_boot: int = N_BOOT, seed: int = 0, prepared: Prepared | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit L_esc = A N^beta for every unclipped parameter group, and pooled.
 
@@ -242,7 +233,8 @@ def width_law(
     escape depth with its KM interval, onset layer l_pt); ``fits`` one row per group plus a
     ``pooled`` row, with beta, the group's intercept ln A, its 95% bootstrap interval, the fraction of bootstrap replicates that could be fitted, and the
     theory exponent fitted to l_pt over the same widths. Edge-of-Chaos stores only (off it an
-    escape is the ordered or chaotic phase, not the instability): empty otherwise.
+    escape is the ordered or chaotic phase, not the instability): empty otherwise. ``prepared``:
+    the store's theory (:func:`analysis.theory.prepare`), when already computed.
     """
     if not results.eoc or not np.isinf(results.ds["clip"].values).any():
         return pd.DataFrame(), pd.DataFrame()
@@ -257,7 +249,7 @@ def width_law(
                 "median_escape": median,
                 "median_lo": lo,
                 "median_hi": hi,
-                "onset_layer": onset_layer(cell, results.depth),
+                "onset_layer": onset_layer(cell, results.depth, prepared),
             }
         )
         samples.append(np.where(observed, times, math.inf))
@@ -301,7 +293,7 @@ def _fit_row(points: pd.DataFrame, x, codes, boot, pooled: bool) -> dict:
 # -- fixed points, network fates and the clip window --------------------------------------------
 
 
-@activation_cache(maxsize=1024)
+@gp.activation_cache(maxsize=1024)
 def stable_fixed_points(
     act: Activation, sigma_w2: float, sigma_b2: float, q_ref: float
 ) -> tuple[float, ...]:

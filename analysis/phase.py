@@ -10,8 +10,8 @@ On the Edge of Chaos the diagram is sparsity x clip level per family (and q*):
   the median escape depth, the mean final zero fraction and the MC window flag.
 
 Off the Edge of Chaos (a sweep over sigma_w^2 x sigma_b^2 at fixed activation) the diagram is
-(sigma_w^2, sigma_b^2): ``sigma_theory`` iterates V from q0 to the attracting fixed point q_inf
-and reports chi_1(q_inf) (ordered below 1, chaotic above) and V'(q_inf); ``sigma_mc`` reports the
+(sigma_w^2, sigma_b^2): ``gp.variance_attractor`` iterates V from q0 to the attracting fixed point
+q_inf and gives chi_1(q_inf) (ordered below 1, chaotic above) and V'(q_inf); ``sigma_mc`` reports the
 measured ln of the mean tangent gain over the second half of the layers (an estimate of
 ln chi_1(q_inf)), the
 escaped fraction and the median final variance. (The variance and the gain are those of the
@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from simulate import gp
-from simulate.activations import Activation
 
 from ._cli import Parser, run_cli
 from ._store import FINAL, Results, open_results
@@ -88,34 +87,6 @@ def pivot(table: pd.DataFrame, value: str, **where) -> pd.DataFrame:
     return table[sel].pivot_table(index="sparsity", columns="clip", values=value, aggfunc="first")
 
 
-def sigma_theory(act: Activation, sigma_w2, sigma_b2, q0: float, depth: int = 2000) -> dict:
-    """On a (sigma_w^2, sigma_b^2) grid (broadcast): q_inf (V iterated from q0 until it settles to
-    1e-10 relative, at most ``depth`` times; inf once it passes 1e12; stopped below 1e-12 q0 when
-    it collapses to 0), chi_1(q_inf), V'(q_inf)."""
-    sigma_w2, sigma_b2 = np.broadcast_arrays(
-        np.asarray(sigma_w2, float), np.asarray(sigma_b2, float)
-    )
-    q = np.full(sigma_w2.shape, float(q0))
-    moving = np.ones(q.shape, bool)
-    with np.errstate(all="ignore"):  # q -> 0 (ordered, no bias) and q -> inf are both limits
-        for _ in range(depth):
-            old = q[moving]
-            new = gp.variance_map(act, old, sigma_w2[moving], sigma_b2[moving])
-            new = np.where(np.isnan(new), np.where(old > q0, np.inf, 0.0), new)
-            new = np.where(new < 1e12, new, np.inf)
-            vanished = new < 1e-12 * q0  # ordered without bias: q -> 0, keep the last iterate
-            settled = ~np.isfinite(new) | vanished | (np.abs(new - old) <= 1e-10 * new)
-            q[moving] = np.where(vanished, old, new)
-            moving[moving] = ~settled
-            if not moving.any():
-                break
-        finite = np.isfinite(q)
-        safe = np.where(finite, q, 1.0)
-        chi = np.where(finite, gp.chi1(act, safe, sigma_w2), np.nan)
-        slope = np.where(finite, gp.variance_slope(act, safe, sigma_w2), np.nan)
-    return {"q_inf": q, "chi1": chi, "v_slope": slope}
-
-
 def _log_mean(values: np.ndarray) -> float:
     """ln of the mean of the finite entries (NaN if none; -inf if they are all 0)."""
     finite = values[np.isfinite(values)]
@@ -128,11 +99,11 @@ def sigma_mc(results: Results) -> pd.DataFrame:
     l >= depth/2 (an estimate of ln chi_1 at the reached fixed point; the mean of log_gain would
     be biased low; NaN in a summary store), the escaped fraction, the median final variance of
     the networks that did not escape, and the theory's q_inf, ln chi_1 and V' at the fixed point
-    reached from q0 (:func:`sigma_theory`)."""
+    reached from q0 (``gp.variance_attractor``)."""
     rows = []
     read = ("log_gain", "escape_layer", "variance", FINAL[results.observable])
     for cell in results.cells(read):
-        theory = sigma_theory(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q0)
+        theory = gp.variance_attractor(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q0)
         escaped = cell.data["escape_layer"].values >= 0
         with np.errstate(over="ignore", divide="ignore"):  # chi_1 = 0 when q collapses to 0
             log_chi1 = float(np.log(theory["chi1"]))

@@ -43,7 +43,6 @@ from .figures import make_figures
 from .fit import ALPHA, EPS_SMALL
 from .instability import SPARSITY_TOL, STAY_LEVEL, theory_window
 from .tables import Tables
-from .theory import prepare
 from .training import (
     TABLES as TRAINING_TABLE_VIEWS,
 )
@@ -359,9 +358,9 @@ def build_report(results: Results, store: str, out: Path, tables: Tables | None 
     computed once (``tables``), before any figure is drawn."""
     tables = Tables(results) if tables is None else tables
     # workers (if any) read the cells while this process computes the theory: the per-layer
-    # predictions of every parameter cell at once, then the fixed points and clip windows
+    # predictions of every parameter cell at once (Tables.prepared), then the fixed points and
+    # clip windows
     tables.start()
-    prepare(results)
     eoc_sparsity = results.eoc and "sparsity" in results.ds.dims
     phase_theory = tables.phase_theory if eoc_sparsity else None
     points, fits = tables.width_law

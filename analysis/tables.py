@@ -19,6 +19,7 @@ from .instability import (
     width_law,
 )
 from .phase import mc_phase, sigma_mc, theory_phase_of
+from .theory import Prepared, prepare
 from .width_law import local_exponents, mean_escape, width_law_table
 
 
@@ -32,13 +33,21 @@ class Tables:
         """Processes for the tables read cell by cell (``analysis._parallel.start_cells``)."""
         self._started: dict[str, Callable[[], pd.DataFrame]] = {}
 
-    def start(self) -> None:
+    def start(self) -> Prepared:
         """Start the tables read cell by cell (fit, networks): with workers (``n_jobs``), they
-        compute while the caller goes on."""
+        compute while this process computes :attr:`prepared`, which it returns, and goes on."""
         self._started = {"fit": self._start_fit(), "networks": self._start_networks()}
+        return self.prepared
+
+    @cached_property
+    def prepared(self) -> Prepared:
+        """The theory of every parameter cell of the store, computed at once
+        (:func:`analysis.theory.prepare`): what the fit table (read in this process), the width
+        law and the figures take the cells' predictions from."""
+        return prepare(self.results)
 
     def _start_fit(self) -> Callable[[], pd.DataFrame]:
-        return start_fit_table(self.results, self.alpha, self.n_jobs)
+        return start_fit_table(self.results, self.alpha, self.n_jobs, lambda: self.prepared)
 
     def _start_networks(self) -> Callable[[], pd.DataFrame]:
         return start_network_table(self.results, fates=self.results.eoc, n_jobs=self.n_jobs)
@@ -60,7 +69,7 @@ class Tables:
     @cached_property
     def width_law(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(points, fits) of :func:`analysis.instability.width_law`."""
-        return width_law(self.results)
+        return width_law(self.results, prepared=self.prepared)
 
     @cached_property
     def asymptotic_width_law(self) -> tuple[pd.DataFrame, pd.DataFrame]:

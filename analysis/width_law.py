@@ -1,28 +1,14 @@
 """The width law of the escape depth in its asymptotic regime (docs/theory.md, "The width law").
 
-Near q* on the Edge of Chaos of an unclipped activation, x = v - q* (v the conditional variance,
-the Markov state) follows
+Near q* on the Edge of Chaos of an unclipped activation the conditional variance v (the Markov
+state) is a noisy saddle node, x^{l+1} = x^l + kappa (x^l)^2 + sqrt(D / N) xi^l with x = v - q*
+(``gp.saddle_node``), so the mean escape depth tends to
 
-    x^{l+1} = x^l + kappa (x^l)^2 + sqrt(D / N) xi^l,   kappa = V''(q*) / 2,
-    D = sigma_w^4 Var[phi(sqrt(q*) z)^2]                (the source term of V4 in gp.finite_width).
+    T(N) = C kappa^{-2/3} (D / N)^{-1/3}      (``gp.asymptotic_depth``, C = ``gp.passage_constant``),
 
-With x = a y, l = b t, b = (kappa^2 D / N)^{-1/3} and a = 1 / (kappa b) this is dy = y^2 dt + dW,
-so the mean escape depth is
-
-    T(N) = C b = C kappa^{-2/3} (D / N)^{-1/3}     (:func:`asymptotic_depth`),
-
-C the mean first-passage time of dy = y^2 dt + dW from y = 0 to +inf (:func:`passage_constant`):
-
-    C = 2 int_0^inf dy int_-inf^y dz exp(-(2/3)(y^3 - z^3))
-      = 2 int_0^inf dy int_0^inf du exp(-(2/3) u (3 y^2 - 3 y u + u^2))      (z = y - u).
-
-At finite N the same first-passage integral with the whole drift mu(v) = V(v) - v and noise
-s^2(v) = sigma_w^4 Var[phi(sqrt(v) z)^2] / N, from v = q* to the band edge f q* (reflecting at
-q* / f, where networks almost never go), is the diffusion theory of :func:`diffusion_depth`:
-
-    T = int_{q*}^{f q*} dy int_{q*/f}^{y} dz 2 / s^2(z) exp(Phi(z) - Phi(y)),  Phi' = 2 mu / s^2.
-
-It tends to C b as N grows and shows the pre-asymptotic local exponents.
+and at finite N it is the first-passage time of the diffusion with the whole drift V(v) - v and
+noise, from v = q* to the band edge f q* (``gp.diffusion_depth``), which tends to the asymptotic law
+as N grows and shows the pre-asymptotic local exponents.
 
 Measured, per unclipped cell (:func:`width_law_table`): the mean escape depth over networks with
 its standard error sd / sqrt(n) (NaN when a network did not escape within the depth: the mean of a
@@ -34,108 +20,17 @@ weights T^2 / se^2).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import pandas as pd
-from scipy import integrate
 
 from simulate import gp
-from simulate.activations import Activation
 
 from ._cli import Parser, run_cli
 from ._store import Results, open_results
 from ._table import markdown_table
 from .instability import ESCAPES, escape_times
-from .theory import activation_cache
-
-
-@functools.cache
-def passage_constant() -> float:
-    """C = E[passage time of dy = y^2 dt + dW from 0 to +inf] by 2-d quadrature (module docstring):
-    4.1660 (to 1e-9)."""
-    value, _ = integrate.dblquad(
-        lambda u, y: math.exp(-(2.0 / 3.0) * u * (3.0 * y * y - 3.0 * y * u + u * u)),
-        0.0,
-        math.inf,
-        0.0,
-        math.inf,
-        epsabs=1e-12,
-        epsrel=1e-11,
-    )
-    return 2.0 * value
-
-
-def _noise(act: Activation, v, sigma_w2: float):
-    """N Var[v^{l+1} | v^l = v] = sigma_w^4 Var[phi(sqrt(v) z)^2]."""
-    m2, m4 = gp.activation_moment(act, v, 2), gp.activation_moment(act, v, 4)
-    return sigma_w2**2 * (m4 - m2**2)
-
-
-def saddle_node(act: Activation, sigma_w2: float, q_star: float) -> tuple[float, float]:
-    """(kappa, D) = (V''(q*) / 2, sigma_w^4 Var[phi(sqrt(q*) z)^2]) of the module docstring."""
-    kappa = 0.5 * float(gp.variance_curvature(act, q_star, sigma_w2))
-    return kappa, float(_noise(act, q_star, sigma_w2))
-
-
-def asymptotic_depth(act: Activation, sigma_w2: float, q_star: float, width) -> np.ndarray:
-    """T(N) = C kappa^{-2/3} (D / N)^{-1/3}: the mean escape depth as N -> inf; inf where
-    kappa <= 0, where there is no saddle node for the law to describe (ReLU: V is linear)."""
-    kappa, noise = saddle_node(act, sigma_w2, q_star)
-    width = np.asarray(width, dtype=float)
-    if not kappa > 0.0:
-        return np.full(width.shape, math.inf)
-    return passage_constant() * kappa ** (-2.0 / 3.0) * (noise / width) ** (-1.0 / 3.0)
-
-
-@activation_cache(maxsize=16)
-def _diffusion_grid(
-    act: Activation, sigma_w2: float, sigma_b2: float, q_star: float, escape_factor: float, points
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The width-free part of :func:`diffusion_depth` (shared by the widths of a parameter cell):
-    the grid on [q* / f, f q*], dense near q*, and on it the drift V(v) - v and N times the
-    variance, sigma_w^4 Var[phi(sqrt(v) z)^2]."""
-    lo, hi = q_star / escape_factor, q_star * escape_factor
-    s = np.sinh(np.linspace(np.arcsinh(-80.0), np.arcsinh(80.0), points))
-    grid = np.unique(np.clip(q_star + s * (hi - q_star) / 80.0, lo, hi))
-    grid = grid[grid >= lo]
-    return grid, gp.variance_map(act, grid, sigma_w2, sigma_b2) - grid, _noise(act, grid, sigma_w2)
-
-
-@activation_cache(maxsize=256)
-def diffusion_depth(
-    act: Activation,
-    sigma_w2: float,
-    sigma_b2: float,
-    q_star: float,
-    escape_factor: float,
-    width: float,
-    points: int = 20001,
-) -> float:
-    """Mean first-passage depth of the diffusion with drift V(v) - v and variance
-    sigma_w^4 Var[phi(sqrt(v) z)^2] / N from q* to escape_factor q* (module docstring), by the
-    trapezoid rule on a grid dense near q*. The inner integral runs as the recursion
-
-        J_{k+1} = J_k e^{-dPhi_k} + w_k h_k (1 - e^{-dPhi_k}) / dPhi_k,
-
-    exact for Phi linear and the weight 2 / s^2 constant (= w_k, its mean) over a step h_k, so
-    nothing overflows however steep Phi is at large N."""
-    grid, drift, noise = _diffusion_grid(act, sigma_w2, sigma_b2, q_star, escape_factor, points)
-    spread = noise / width
-    rate = 2.0 * drift / spread  # Phi'
-    step = np.diff(grid)
-    d_phi = 0.5 * (rate[1:] + rate[:-1]) * step
-    weight = 1.0 / spread[1:] + 1.0 / spread[:-1]  # mean of 2 / s^2 over the step
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gain = np.where(d_phi > 1e-12, -np.expm1(-d_phi) / d_phi, 1.0)
-    decay = np.exp(-d_phi)
-    fresh = weight * step * gain
-    inner = np.zeros(grid.size)  # J(y) = int_lo^y 2 / s^2(z) exp(Phi(z) - Phi(y)) dz
-    for k in range(grid.size - 1):
-        inner[k + 1] = inner[k] * decay[k] + fresh[k]
-    start = int(np.searchsorted(grid, q_star))
-    return float(np.sum(0.5 * (inner[start + 1 :] + inner[start:-1]) * step[start:]))
 
 
 def mean_escape(results: Results) -> pd.DataFrame:
@@ -157,9 +52,9 @@ def mean_escape(results: Results) -> pd.DataFrame:
                 "mean_escape": mean,
                 "mean_se": se,
                 "asymptotic": float(
-                    asymptotic_depth(cell.act, cell.sigma_w2, cell.q_ref, cell.width)
+                    gp.asymptotic_depth(cell.act, cell.sigma_w2, cell.q_ref, cell.width)
                 ),
-                "diffusion": diffusion_depth(
+                "diffusion": gp.diffusion_depth(
                     cell.act,
                     cell.sigma_w2,
                     cell.sigma_b2,
@@ -238,11 +133,11 @@ def width_law_table(
         row = {"group": group}
         if group != "pooled":
             cell = next(results.cells(ESCAPES, **{d: top.iloc[0][d] for d in results.param_dims}))
-            kappa, noise = saddle_node(cell.act, cell.sigma_w2, cell.q_ref)
+            kappa, noise = gp.saddle_node(cell.act, cell.sigma_w2, cell.q_ref)
             row |= {
                 "kappa": kappa,
                 "D": noise,
-                "prefactor": float(asymptotic_depth(cell.act, cell.sigma_w2, cell.q_ref, 1.0)),
+                "prefactor": float(gp.asymptotic_depth(cell.act, cell.sigma_w2, cell.q_ref, 1.0)),
             }
         every, high = pooled_exponent(cells), pooled_exponent(cells, upper)
         last = local[local["group"].isin(cells["group"])]

@@ -1,5 +1,7 @@
 """Infinite-width (Gaussian-process) theory of networks with any continuous piecewise-linear
-activation, and its 1/N corrections. The derivations are in docs/theory.md.
+activation, and its 1/N corrections: the layer variances and zero fraction at width N, the onset of
+the instability and the escape depth near a one-sided fixed point. The derivations are in
+docs/theory.md; ``analysis.theory`` only maps a store's cells onto these functions.
 
 Notation: z ~ N(0, 1), Phi / n the standard normal CDF / density, x = sqrt(q) z a pre-activation of
 variance q. The activation (``simulate.activations.Activation``) is split into pieces [lo, hi) on which
@@ -330,6 +332,35 @@ def sparsity(act: Activation, q):
     return _mirror_sum(_last_axis(np.where(zero, z.probability(), 0.0)))
 
 
+def sparsity_derivatives(act: Activation, q):
+    """(s, ds/dq, d^2s/dq^2) of the GP sparsity at variance q (broadcast against the batch of a
+    stacked activation).
+
+    s(q) = sum over zero pieces [lo, hi) of Phi(hi / sqrt q) - Phi(lo / sqrt q), so each finite edge
+    c of a zero piece, with sign +1 for an upper edge and -1 for a lower one, contributes with
+    a = c / sqrt(q) (da/dq = -a / 2q, d(a n(a))/da = (1 - a^2) n(a)):
+
+        s'  += -sign a n(a) / (2q),     s'' += sign a n(a) (3 - a^2) / (4 q^2).
+
+    (CReLU: one edge tau, s = Phi(a); CST: edges -tau and tau, s = 2 Phi(a) - 1.) s itself is
+    :func:`sparsity`.
+    """
+    q = np.asarray(q, dtype=float)
+    pieces = act.pieces
+    zero = (pieces.slope == 0.0) & (pieces.anchor_y == 0.0)  # phi = 0 there
+    edges = np.concatenate([pieces.hi, pieces.lo], axis=-1)
+    signs = np.concatenate([np.ones(zero.shape[-1]), -np.ones(zero.shape[-1])])
+    counted = np.concatenate([zero, zero], axis=-1) & np.isfinite(edges)
+    qq = q[..., None]
+    a = np.where(counted, edges, 0.0) / np.sqrt(qq)
+    density = np.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
+    first = np.sum(np.where(counted, -signs * a * density / (2.0 * qq), 0.0), axis=-1)
+    second = np.sum(
+        np.where(counted, signs * a * density * (3.0 - a * a) / (4.0 * qq * qq), 0.0), axis=-1
+    )
+    return sparsity(act, q), first, second
+
+
 def gradient_fraction(act: Activation, q):
     """P(phi' != 0) / P(phi != 0) at variance q: the fraction of active units that pass gradient
     (1 for unclipped shifted ReLU; small when most active units sit on a clipped piece)."""
@@ -510,6 +541,36 @@ def iterate_variance(act: Activation, q0, sigma_w2, sigma_b2, depth: int) -> np.
             q = out[-1]
             out.append(np.where(np.isfinite(q), variance_map(act, q, sigma_w2, sigma_b2), np.inf))
     return np.stack(np.broadcast_arrays(*out))
+
+
+def variance_attractor(act: Activation, sigma_w2, sigma_b2, q0: float, depth: int = 2000) -> dict:
+    """The fixed point q_inf = V(q_inf) that q^{l+1} = V(q^l) reaches from q^0 = q0, with
+    chi_1(q_inf) (ordered below 1, chaotic above) and V'(q_inf), on a (sigma_w^2, sigma_b^2) grid
+    (broadcast): V iterated until it settles to 1e-10 relative, at most ``depth`` times; inf once it
+    passes 1e12; stopped below 1e-12 q0 when it collapses to 0 (ordered without bias: q_inf is then
+    the last iterate). Keys q_inf, chi1, v_slope."""
+    sigma_w2, sigma_b2 = np.broadcast_arrays(
+        np.asarray(sigma_w2, float), np.asarray(sigma_b2, float)
+    )
+    q = np.full(sigma_w2.shape, float(q0))
+    moving = np.ones(q.shape, bool)
+    with np.errstate(all="ignore"):  # q -> 0 (ordered, no bias) and q -> inf are both limits
+        for _ in range(depth):
+            old = q[moving]
+            new = variance_map(act, old, sigma_w2[moving], sigma_b2[moving])
+            new = np.where(np.isnan(new), np.where(old > q0, np.inf, 0.0), new)
+            new = np.where(new < 1e12, new, np.inf)
+            vanished = new < 1e-12 * q0  # ordered without bias: q -> 0, keep the last iterate
+            settled = ~np.isfinite(new) | vanished | (np.abs(new - old) <= 1e-10 * new)
+            q[moving] = np.where(vanished, old, new)
+            moving[moving] = ~settled
+            if not moving.any():
+                break
+        finite = np.isfinite(q)
+        safe = np.where(finite, q, 1.0)
+        chi = np.where(finite, chi1(act, safe, sigma_w2), np.nan)
+        slope = np.where(finite, variance_slope(act, safe, sigma_w2), np.nan)
+    return {"q_inf": q, "chi1": chi, "v_slope": slope}
 
 
 ClipFamily = Callable[[float], Activation]
@@ -1024,6 +1085,18 @@ def jacobian_spread(act: Activation, q_star, depth):
 # Finite width
 
 
+def variance_noise(act: Activation, q, sigma_w2):
+    """D(q) = N Var[G^{l+1} | G^l = q] = sigma_w^4 Var[phi(sqrt(q) z)^2]
+            = sigma_w^4 (E[phi^4] - E[phi^2]^2),
+
+    as G^{l+1} = sigma_w^2 (1/N) sum_i phi(h_i)^2 + sigma_b^2 is a mean of N i.i.d. terms given
+    G^l = q.
+    The source term of V4 in :func:`finite_width_terms`, and the noise of the escape diffusion
+    (:func:`saddle_node`, :func:`diffusion_depth`)."""
+    m2, m4 = activation_moment(act, q, 2), activation_moment(act, q, 4)
+    return sigma_w2**2 * (m4 - m2**2)
+
+
 def finite_width_terms(act: Activation, sigma_w2, sigma_b2, q0, depth: int):
     """(q, G1, V4), each with a leading layer axis of length depth + 1 and then the broadcast shape
     of q0, sigma_w2, sigma_b2 and the activation's batch: the recursions of :func:`finite_width`,
@@ -1032,7 +1105,8 @@ def finite_width_terms(act: Activation, sigma_w2, sigma_b2, q0, depth: int):
         G1^{l+1} = V'(q^l) G1^l + (1/2) V''(q^l) V4^l,        G1^0 = 0
         V4^{l+1} = V'(q^l)^2 V4^l + sigma_w^4 Var[phi(x)^2],  V4^0 = 0,   x ~ N(0, q^l),
 
-    the coefficients along the whole GP trajectory at once, the recursions serial in l only.
+    the coefficients along the whole GP trajectory at once, the recursions serial in l only. The
+    source term sigma_w^4 Var[phi(x)^2] is :func:`variance_noise`.
     """
     if int(depth) != depth or depth < 0:
         raise ValueError(f"depth={depth!r}: must be an integer >= 0")
@@ -1044,7 +1118,7 @@ def finite_width_terms(act: Activation, sigma_w2, sigma_b2, q0, depth: int):
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         slope = variance_slope(act, q, sigma_w2)
         curvature = variance_curvature(act, q, sigma_w2)
-        noise = sigma_w2**2 * (activation_moment(act, q, 4) - activation_moment(act, q, 2) ** 2)
+        noise = variance_noise(act, q, sigma_w2)
         for l in range(depth):
             g1[l + 1] = slope[l] * g1[l] + 0.5 * curvature[l] * v4[l]
             v4[l + 1] = slope[l] ** 2 * v4[l] + noise[l]
@@ -1063,6 +1137,23 @@ def width_moments(q, g1, v4, width) -> dict[str, np.ndarray]:
             "v_mean": mean,
             "v_sd": np.sqrt(v4 / width),
         }
+
+
+def zero_fraction_moments(s, ds, d2s, g1, v4, width) -> dict[str, np.ndarray]:
+    """The 1/N theory's mean and spread of the zero fraction at width N, from the sparsity and its
+    q-derivatives at the GP iterate q (:func:`sparsity_derivatives`) and (G1, V4)
+    (:func:`finite_width_terms`).
+
+    Given the conditional variance G of the layer, each of the N units is on a zero piece of phi
+    independently with probability s(G), so the zero fraction is Binomial(N, s(G)) / N given G.
+    With E[G] = q + G1 / N and Var[G] = V4 / N, expanding s(G) to second order around q:
+
+        zf_mean = s(q) + [s'(q) G1 + s''(q) V4 / 2] / N,
+        zf_sd   = sqrt([s (1 - s) + s'(q)^2 V4] / N)."""
+    return {
+        "zf_mean": s + (ds * g1 + 0.5 * d2s * v4) / width,
+        "zf_sd": np.sqrt((s * (1.0 - s) + ds**2 * v4) / width),
+    }
 
 
 def finite_width(act: Activation, sigma_w2, sigma_b2, q0, depth: int, width: int) -> xr.Dataset:
@@ -1113,6 +1204,173 @@ def finite_width(act: Activation, sigma_w2, sigma_b2, q0, depth: int, width: int
         coords={"layer": layer},
         attrs={"activation": act.label(), "width": int(width)},
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Caches keyed by an activation
+
+
+class ActivationKey:
+    """An activation hashed by its description (Activation itself is unhashable): two equal
+    descriptions are the same function and share their theory."""
+
+    __slots__ = ("_key", "act")
+
+    def __init__(self, act: Activation):
+        self.act = act
+        self._key = (act.knots.tobytes(), act.values.tobytes(), act.slopes.tobytes())
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ActivationKey) and self._key == other._key
+
+
+def activation_cache(maxsize: int):
+    """``functools.lru_cache`` for a function whose first argument is an Activation (keyed by its
+    description, :class:`ActivationKey`) and whose other arguments are hashable and positional."""
+
+    def decorate(fn):
+        @functools.lru_cache(maxsize=maxsize)
+        def cached(key: ActivationKey, *args):
+            return fn(key.act, *args)
+
+        @functools.wraps(fn)
+        def wrapper(act: Activation, *args):
+            return cached(ActivationKey(act), *args)
+
+        return wrapper
+
+    return decorate
+
+
+# --------------------------------------------------------------------------------------------------
+# Escape from a one-sided fixed point at finite width (docs/theory.md, section 5: the onset of the
+# instability, the width law)
+
+
+def onset_layer(act: Activation, sigma_w2, q_star, v4, width) -> float:
+    """l_pt(N): the first layer l >= 1 at which the 1/N theory's spread of the layer variance,
+    sqrt(V4^l / N), reaches the distance to instability d_l = 2 / (V''(q*) l); inf if none, and
+    when V''(q*) <= 0 (no one-sided fixed point to leave: ReLU, where V is linear).
+
+    A deviation delta = q - q* obeys delta -> delta + (V''/2) delta^2 + noise, the noise accumulating
+    to Var[G^l] = V4^l / N (``v4``: V4^l for l = 0, 1, ..., from :func:`finite_width_terms`).
+    delta blows up deterministically within 2 / (V'' delta) layers, so d_l, the deviation whose
+    blow-up time is l, is the distance to instability at depth l. At l_pt the first-order mean
+    shift G1^l / N equals half the spread: the 1/N expansion has lost its ordering. With
+    V4^l ~ v l (ReLU_tau, ST_tau) this gives l_pt = (4 N / (V''^2 v))^{1/3} ~ N^{1/3}."""
+    curvature = float(variance_curvature(act, q_star, sigma_w2))
+    if not curvature > 0:
+        return math.inf
+    v4 = np.asarray(v4, dtype=float)
+    layers = np.arange(1, v4.size)
+    spread = np.sqrt(v4[1:] / width)
+    hit = layers[spread >= 2.0 / (curvature * layers)]
+    return float(hit[0]) if hit.size else math.inf
+
+
+@functools.cache
+def passage_constant() -> float:
+    """C, the mean first-passage time of dy = y^2 dt + dW from y = 0 to +inf, by 2-d quadrature:
+
+        C = 2 int_0^inf dy int_-inf^y dz exp(-(2/3)(y^3 - z^3))
+          = 2 int_0^inf dy int_0^inf du exp(-(2/3) u (3 y^2 - 3 y u + u^2))      (z = y - u)
+
+    = 4.1660 (to 1e-9). The second form has an exponent <= 0 everywhere."""
+    value, _ = integrate.dblquad(
+        lambda u, y: math.exp(-(2.0 / 3.0) * u * (3.0 * y * y - 3.0 * y * u + u * u)),
+        0.0,
+        math.inf,
+        0.0,
+        math.inf,
+        epsabs=1e-12,
+        epsrel=1e-11,
+    )
+    return 2.0 * value
+
+
+def saddle_node(act: Activation, sigma_w2: float, q_star: float) -> tuple[float, float]:
+    """(kappa, D) = (V''(q*) / 2, sigma_w^4 Var[phi(sqrt(q*) z)^2]) of the noisy saddle node at q*.
+
+    Near q* on the Edge of Chaos of an unclipped activation (V(q*) = q*, V'(q*) = 1, V'' > 0), the
+    deviation x = v - q* of the conditional variance v (the Markov state, G^l of
+    :func:`finite_width`) follows
+
+        x^{l+1} = x^l + kappa (x^l)^2 + sqrt(D / N) xi^l,   kappa = V''(q*) / 2,
+
+    D = :func:`variance_noise` at q* (the source term of V4), xi^l of mean 0 and variance 1."""
+    kappa = 0.5 * float(variance_curvature(act, q_star, sigma_w2))
+    return kappa, float(variance_noise(act, q_star, sigma_w2))
+
+
+def asymptotic_depth(act: Activation, sigma_w2: float, q_star: float, width) -> np.ndarray:
+    """T(N) = C kappa^{-2/3} (D / N)^{-1/3}: the mean escape depth as N -> inf; inf where
+    kappa <= 0, where there is no saddle node for the law to describe (ReLU: V is linear).
+
+    With x = a y, l = b t, b = (kappa^2 D / N)^{-1/3} and a = 1 / (kappa b), the saddle node
+    (:func:`saddle_node`) becomes dy = y^2 dt + dW, so T = C b, C = :func:`passage_constant`."""
+    kappa, noise = saddle_node(act, sigma_w2, q_star)
+    width = np.asarray(width, dtype=float)
+    if not kappa > 0.0:
+        return np.full(width.shape, math.inf)
+    return passage_constant() * kappa ** (-2.0 / 3.0) * (noise / width) ** (-1.0 / 3.0)
+
+
+@activation_cache(maxsize=16)
+def _diffusion_grid(
+    act: Activation, sigma_w2: float, sigma_b2: float, q_star: float, escape_factor: float, points
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The width-free part of :func:`diffusion_depth` (shared by the widths of a parameter cell):
+    the grid on [q* / f, f q*], dense near q*, and on it the drift V(v) - v and N times the
+    variance, sigma_w^4 Var[phi(sqrt(v) z)^2]."""
+    lo, hi = q_star / escape_factor, q_star * escape_factor
+    s = np.sinh(np.linspace(np.arcsinh(-80.0), np.arcsinh(80.0), points))
+    grid = np.unique(np.clip(q_star + s * (hi - q_star) / 80.0, lo, hi))
+    grid = grid[grid >= lo]
+    drift = variance_map(act, grid, sigma_w2, sigma_b2) - grid
+    return grid, drift, variance_noise(act, grid, sigma_w2)
+
+
+@activation_cache(maxsize=256)
+def diffusion_depth(
+    act: Activation,
+    sigma_w2: float,
+    sigma_b2: float,
+    q_star: float,
+    escape_factor: float,
+    width: float,
+    points: int = 20001,
+) -> float:
+    """Mean first-passage depth of the diffusion with the whole drift mu(v) = V(v) - v and variance
+    s^2(v) = sigma_w^4 Var[phi(sqrt(v) z)^2] / N from v = q* to the band edge f q*
+    (f = ``escape_factor``), reflecting at q* / f, where networks almost never go:
+
+        T = int_{q*}^{f q*} dy int_{q*/f}^{y} dz 2 / s^2(z) exp(Phi(z) - Phi(y)),  Phi' = 2 mu / s^2.
+
+    It tends to :func:`asymptotic_depth` as N grows and shows the pre-asymptotic local exponents.
+    By the trapezoid rule on a grid dense near q*; the inner integral runs as the recursion
+
+        J_{k+1} = J_k e^{-dPhi_k} + w_k h_k (1 - e^{-dPhi_k}) / dPhi_k,
+
+    exact for Phi linear and the weight 2 / s^2 constant (= w_k, its mean) over a step h_k, so
+    nothing overflows however steep Phi is at large N."""
+    grid, drift, noise = _diffusion_grid(act, sigma_w2, sigma_b2, q_star, escape_factor, points)
+    spread = noise / width
+    rate = 2.0 * drift / spread  # Phi'
+    step = np.diff(grid)
+    d_phi = 0.5 * (rate[1:] + rate[:-1]) * step
+    weight = 1.0 / spread[1:] + 1.0 / spread[:-1]  # mean of 2 / s^2 over the step
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gain = np.where(d_phi > 1e-12, -np.expm1(-d_phi) / d_phi, 1.0)
+    decay = np.exp(-d_phi)
+    fresh = weight * step * gain
+    inner = np.zeros(grid.size)  # J(y) = int_lo^y 2 / s^2(z) exp(Phi(z) - Phi(y)) dz
+    for k in range(grid.size - 1):
+        inner[k + 1] = inner[k] * decay[k] + fresh[k]
+    start = int(np.searchsorted(grid, q_star))
+    return float(np.sum(0.5 * (inner[start + 1 :] + inner[start:-1]) * step[start:]))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_sparsity_derivatives_match_scipy_and_finite_differences(act, zero_edges
     central differences of it (step 1e-4: truncation ~1e-8 and ~1e-6 relative)."""
     hand = _hand_sparsity(zero_edges)
     q, h = np.array([0.5, 1.0, 2.0]), 1e-4
-    s, first, second = theory.sparsity_derivatives(act, q)
+    s, first, second = gp.sparsity_derivatives(act, q)
     np.testing.assert_allclose(s, hand(q), rtol=1e-12)
     f = [hand(q + k * h) for k in (-1, 0, 1)]
     np.testing.assert_allclose(first, (f[2] - f[0]) / (2 * h), rtol=1e-6)
@@ -573,10 +573,10 @@ def test_mc_phase_and_pivot(jump_store):
     np.testing.assert_allclose(grid.values[0], [1, 1, 1, 24 / 64])
 
 
-def test_sigma_theory_orders_relu_at_sigma_w2_two():
+def test_variance_attractor_orders_relu_at_sigma_w2_two():
     """ReLU with sigma_b^2 = 0: chi_1 = sigma_w^2 / 2 at every q, so chi_1 = 1 exactly at 2."""
     act = Activation("crelu", 0.0)
-    out = phase.sigma_theory(act, np.array([1.5, 2.0, 2.5]), 0.0, q0=1.0, depth=200)
+    out = gp.variance_attractor(act, np.array([1.5, 2.0, 2.5]), 0.0, q0=1.0, depth=200)
     np.testing.assert_allclose(out["chi1"][:2], [0.75, 1.0])
     assert np.isinf(out["q_inf"][2])  # chaotic and unbounded: the variance diverges
 

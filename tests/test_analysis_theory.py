@@ -15,9 +15,7 @@ def scalar_theory(cell, depth: int, c0: float) -> dict[str, np.ndarray]:
     sparsity derivatives and chi_1 along q^l, and c^{l+1} = R(c^l) with ``gp.correlation_map``."""
     fw = gp.finite_width(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q0, depth, 1)
     q = fw["q_gp"].values
-    s, ds, d2s = (
-        np.array([theory.sparsity_derivatives(cell.act, x)[i] for x in q]) for i in range(3)
-    )
+    s, ds, d2s = (np.array([gp.sparsity_derivatives(cell.act, x)[i] for x in q]) for i in range(3))
     corr = [c0]
     for _ in range(depth):
         rho = min(max(corr[-1], -1.0), 1.0)
@@ -45,11 +43,13 @@ def test_prepared_theory_equals_the_per_cell_recursions(monkeypatch):
     other = make_store(sparsities=(0.7,), clips=(2.0,), widths=(100,), depth=depth)
     store.attrs["c0"] = other.attrs["c0"] = c0
     monkeypatch.setattr(theory, "PREPARE_BATCH", 2)
-    theory.prepare(Results(store))
+    prepared = theory.prepare(Results(store))
     cells = [*Results(store).cells(read=()), *Results(other).cells(read=())]
     for cell in cells:
-        layers = theory.layer_theory(cell.act, cell.sigma_w2, cell.sigma_b2, cell.q0, depth)
-        corr = theory.cell_theory(cell, depth, c0)["corr"].values
+        layers = theory.layer_theory(
+            cell.act, cell.sigma_w2, cell.sigma_b2, cell.q0, depth, prepared
+        )
+        corr = theory.cell_theory(cell, depth, c0, prepared)["corr"].values
         expected = scalar_theory(cell, depth, c0)
         for name in theory.LAYER_VARIABLES:
             np.testing.assert_allclose(layers[name].values, expected[name], rtol=1e-13, atol=0)

@@ -1,5 +1,6 @@
-"""The asymptotic width law (analysis.width_law): the passage constant against a simulation of its
-SDE, the finite-N diffusion theory against the asymptotic law, and the exponents on planted data."""
+"""The asymptotic width law: the passage constant against a simulation of its SDE, the finite-N
+diffusion theory against the asymptotic law (``simulate.gp``), and the exponents on planted data
+(analysis.width_law)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_passage_constant_matches_a_simulation_of_its_sde():
         t[alive] += dt
         alive &= y < top
     times = t + 1.0 / top
-    c = width_law.passage_constant()
+    c = gp.passage_constant()
     assert abs(c - 4.1660) < 1e-3
     assert abs(times.mean() - c) < 4 * times.std() / math.sqrt(n) + 0.02 * c
 
@@ -38,8 +39,8 @@ def test_diffusion_theory_tends_to_the_asymptotic_law():
         act = Activation.from_sparsity(family, s, q_star=1.0, m=math.inf)
         eoc = gp.edge_of_chaos(act, 1.0)
         gaps = [
-            width_law.diffusion_depth(act, eoc.sigma_w2, eoc.sigma_b2, 1.0, 10.0, n)
-            / float(width_law.asymptotic_depth(act, eoc.sigma_w2, 1.0, n))
+            gp.diffusion_depth(act, eoc.sigma_w2, eoc.sigma_b2, 1.0, 10.0, n)
+            / float(gp.asymptotic_depth(act, eoc.sigma_w2, 1.0, n))
             - 1.0
             for n in (1e4, 1e6, 1e8)
         ]
@@ -51,8 +52,8 @@ def test_no_saddle_node_no_asymptotic_law():
     node and the asymptotic depth is infinite (a sweep's report must not fail on it)."""
     relu = Activation.from_sparsity("crelu", 0.5, q_star=1.0, m=math.inf)
     eoc = gp.edge_of_chaos(relu, 1.0)
-    assert width_law.saddle_node(relu, eoc.sigma_w2, 1.0)[0] == 0.0
-    assert np.all(np.isinf(width_law.asymptotic_depth(relu, eoc.sigma_w2, 1.0, [100, 1000])))
+    assert gp.saddle_node(relu, eoc.sigma_w2, 1.0)[0] == 0.0
+    assert np.all(np.isinf(gp.asymptotic_depth(relu, eoc.sigma_w2, 1.0, [100, 1000])))
 
 
 def test_exponents_recover_a_planted_cube_root_law():
