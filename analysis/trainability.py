@@ -417,13 +417,40 @@ def main_width(link: pd.DataFrame) -> int:
     return int(link["width"].mode().iloc[0])
 
 
+def main_lr(link: pd.DataFrame) -> float:
+    """The learning rate of most of the study's configurations: every table and figure but the
+    learning-rate slice is at it (a study's learning-rate search would otherwise be averaged into
+    its maps)."""
+    return float(link["lr"].mode().iloc[0])
+
+
+def lr_slice(link: pd.DataFrame) -> pd.DataFrame:
+    """The configurations measured at more than one learning rate: mean final test accuracy (± its
+    sd over seeds) per learning rate."""
+    keys = ["activation", "chi1", "width", "depth"]
+    rates = link.groupby(keys)["lr"].transform("nunique")
+    sub = link[rates > 1].copy()
+    if sub.empty:
+        return pd.DataFrame()
+    sub["cell"] = [
+        f"{a:.3f}" + ("" if math.isnan(sd) else f" ± {sd:.3f}")
+        for a, sd in zip(sub["test_acc"], sub["test_acc_sd"], strict=True)
+    ]
+    table = sub.pivot_table(index=keys, columns="lr", values="cell", aggfunc="first")
+    table.columns = [f"lr {lr:g}" for lr in table.columns]
+    return table.reset_index()
+
+
 def build_report(paths: list[Path], out: Path, tolerance: float) -> Path:
     stores = [open_store(path) for path in paths]
     for path, store in zip(paths, stores, strict=True):
         if not isinstance(store, TrainingResults):
             raise StoreError(f"{path}: a Monte Carlo store, not a training store")
     tables = StudyTables(stores)
-    link = study_table(tables)
+    every = study_table(tables)
+    lr = main_lr(every)
+    link = every[every["lr"] == lr]
+    rates = lr_slice(every)
     pred = predictions(tables, link, tolerance)
     figures = out / "figures"
     _style()
@@ -467,6 +494,19 @@ def build_report(paths: list[Path], out: Path, tolerance: float) -> Path:
                 "",
             ]
             if not slice_.empty
+            else []
+        ),
+        *(
+            [
+                "## Learning rates",
+                "",
+                f"Every table and figure above and below is at the study's main learning rate, "
+                f"{lr:g}; the configurations also run at others (final test accuracy):",
+                "",
+                markdown_table(rates),
+                "",
+            ]
+            if not rates.empty
             else []
         ),
         "## Predicted depth where training stops, against the deepest that trains",

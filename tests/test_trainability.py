@@ -143,6 +143,22 @@ def test_the_width_slice(study, wide):
     assert trainability.main_width(link) == 16
 
 
+def test_a_learning_rate_search_stays_out_of_the_maps(study, tmp_path):
+    """CReLU at chi_1 = 1 also run at lr 0.3 (the study's other runs at 1e-3, the default):
+    the map's configurations are those at the main learning rate, and the learning-rate slice
+    holds both accuracies (here the same planted ones)."""
+    search = _store(tmp_path / "lr.zarr", sparsity=0.85, clip=1.0, chi1=[1], lr=0.3)
+    link = trainability.study_table(
+        StudyTables([TrainingResults(open_dataset(p), p) for p in [*study, search]])
+    )
+    lr = trainability.main_lr(link)
+    assert lr != 0.3 and (link["lr"] == 0.3).sum() == len(DEPTHS)
+    rates = trainability.lr_slice(link)
+    assert list(rates["depth"]) == DEPTHS and set(rates["chi1"]) == {1.0}
+    planted = [f"{a:.3f}" for a in ACC[("crelu", 1.0)]]
+    assert list(rates[f"lr {lr:g}"]) == planted and list(rates["lr 0.3"]) == planted
+
+
 @pytest.mark.slow
 def test_report_end_to_end(study, tmp_path):
     out = tmp_path / "out"
