@@ -94,6 +94,7 @@ def recommend(
     )  # fmt: skip
     escape = mc.escape_layer.values
     median = float(np.median(np.where(escape >= 0, escape, np.inf)))
+    verdict = trainability(family, sparsity, depth, width, q_star)  # its spreads are reported too
     return {
         "family": family,
         "sparsity": float(sparsity),
@@ -114,10 +115,10 @@ def recommend(
         "corr_gap_relu": _input_signal(
             relu, q_star, float(relu_eoc.sigma_w2), float(relu_eoc.sigma_b2), depth
         ),
-        "jacobian_spread": float(gp.jacobian_spread(act, q_star, depth)),
-        "trainability": trainability(family, sparsity, depth, width, q_star),
+        "jacobian_spread": verdict["jacobian_spread"],
+        "trainability": verdict,
         "jacobian_spread_relu": float(gp.jacobian_spread(relu, q_star, depth)),
-        "log_gain_sd": float(gp.log_gain_spread(act, q_star, sigma_w2, sigma_b2, depth, width)[-1]),
+        "log_gain_sd": verdict["log_gain_sd"],
         "twin": {
             "label": twin.label(),
             "nets": int(nets),
@@ -169,17 +170,17 @@ def recommended_clip(family: str, sparsity: float, q_star: float) -> float:
     return math.sqrt(window.low * window.high)
 
 
-def _spreads(family: str, sparsity: float, q_star: float, width: int, depth: int | None = None):
-    """(r, the log-gain spread at depths 1..depth and ``width``) of the recommended network of
-    ``sparsity`` at the EoC (``gp.slope_kurtosis``, ``gp.log_gain_spread``); depth None: as deep
-    as L r <= TRAINS_SPREAD allows (the deepest that can be expected to train)."""
+def _spreads(family: str, sparsity: float, q_star: float, width: int, depth: int):
+    """(r, the log-gain spread at depths 1..D and ``width``) of the recommended network of
+    ``sparsity`` at the EoC (``gp.slope_kurtosis``, ``gp.log_gain_spread``), D the larger of
+    ``depth`` and the deepest at which L r <= TRAINS_SPREAD (the deepest that can train)."""
     act = Activation.from_sparsity(
         family, sparsity, q_star, recommended_clip(family, sparsity, q_star)
     )
     r = float(gp.slope_kurtosis(act, q_star))
-    depth = max(math.floor(TRAINS_SPREAD / r), 1) if depth is None else depth
+    deepest = max(depth, math.floor(TRAINS_SPREAD / r), 1)
     eoc = gp.edge_of_chaos(act, q_star)
-    gain = gp.log_gain_spread(act, q_star, float(eoc.sigma_w2), float(eoc.sigma_b2), depth, width)
+    gain = gp.log_gain_spread(act, q_star, float(eoc.sigma_w2), float(eoc.sigma_b2), deepest, width)
     return r, gain
 
 
@@ -197,19 +198,18 @@ def trainability(family: str, sparsity: float, depth: int, width: int, q_star: f
         return layers * r <= TRAINS_SPREAD and gain <= TRAINS_LOG_GAIN
 
     r, gain = _spreads(family, sparsity, q_star, width, depth)
-    spread, at_depth = depth * r, float(gain[-1])
+    spread, at_depth = depth * r, float(gain[depth - 1])
     if fits(r, at_depth, depth):
         verdict = "expected to train"
     elif spread >= FAILS_SPREAD or at_depth >= FAILS_LOG_GAIN:
         verdict = "not expected to train"
     else:
         verdict = "uncertain"
-    _, deepest = _spreads(family, sparsity, q_star, width)
-    max_depth = max((n for n, g in enumerate(deepest, 1) if fits(r, g, n)), default=0)
+    max_depth = max((n for n, g in enumerate(gain, 1) if fits(r, g, n)), default=0)
     best = None
     for s in SPARSITIES:
         r_s, gain_s = _spreads(family, float(s), q_star, width, depth)
-        if fits(r_s, float(gain_s[-1]), depth):
+        if fits(r_s, float(gain_s[depth - 1]), depth):
             best = float(s)
     return {
         "verdict": verdict,
