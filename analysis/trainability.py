@@ -223,8 +223,10 @@ def fig_map(link: pd.DataFrame, pred: pd.DataFrame, out: Path) -> Path:
         ax.set_title(name, fontsize=9)
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("depth L (hidden layers)")
+    for column in axes.T:  # the lowest panel of each column carries the depth axis
+        lowest = [ax for ax in column if ax.get_visible()][-1]
+        lowest.xaxis.set_tick_params(labelbottom=True)
+        lowest.set_xlabel("depth L (hidden layers)")
     for ax in axes[:, 0]:
         ax.set_ylabel("chi_1 at q* (1: EoC)")
     for ax in axes.flat:
